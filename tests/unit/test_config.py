@@ -1,0 +1,67 @@
+"""The typed config tree: YAML + dotted overrides, refusing unknown keys and wrong types by name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import Config, load
+from trainer.config_tree import ConfigError, flatten, to_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides_resolve() -> None:
+    cfg = load(REPO / "configs" / "demo.yaml", ["data.clip_frames=8", "data.pack.label_map={255: 1}"])
+    assert isinstance(cfg, Config)
+    assert cfg.data.clip_frames == 8
+    assert cfg.data.pack.label_map == {255: 1}
+    assert cfg.data.synth.width == 256  # from the file
+    assert cfg.data.loader.min_scale == 0.8  # a default the file leaves alone
+
+
+def test_every_config_file_loads() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load(path)
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "data:\n  loader:\n    batchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown key 'data\.loader\.batchsize'.*batch_size"):
+        load(path)
+
+
+def test_wrong_type_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "data:\n  clip_frames: sixteen\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: 'data\.clip_frames' must be an integer, got 'sixteen'"):
+        load(path)
+    with pytest.raises(ConfigError, match=r"'data\.loader\.flip' must be true or false"):
+        load(write(tmp_path, "data:\n  loader:\n    flip: 1\n"))
+
+
+def test_bad_override_names_the_override(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"command-line override 'data\.loader\.device=tpu'.*one of 'cpu', 'mixed'"):
+        load(None, ["data.loader.device=tpu"])
+    with pytest.raises(ConfigError, match=r"override 'data\.nope=1'.*unknown key 'data\.nope'"):
+        load(None, ["data.nope=1"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load(None, ["data.clip_frames"])
+
+
+def test_range_check_names_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: invalid 'data\.loader'.*min_scale"):
+        load(write(tmp_path, "data:\n  loader:\n    min_scale: 1.5\n"))
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    cfg = load(None, ["data.num_classes=35", "data.pack.resize=[64, 128]"])
+    again = load(write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+    flat = flatten(cfg)
+    assert flat["data.num_classes"] == 35 and flat["data.pack.resize"] == [64, 128]
