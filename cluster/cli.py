@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by bad input, reported in one line rather than a traceback."""
     errors: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in (("dataio.pack", "BadInputError"), ("dataio.video", "VideoError"),
-                         ("dataio.loader", "DataError")):
+    for module, name in (("dataio.pack", "BadInputError"), ("dataio.pack", "SettingsMismatchError"),
+                         ("dataio.video", "VideoError"), ("dataio.loader", "DataError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))
