@@ -109,3 +109,9 @@ class DataConfig:
             raise ValueError(f"num_classes must be in [1, 256], got {self.num_classes}")
         if self.clip_frames < 2:
             raise ValueError(f"clip_frames must be >= 2, got {self.clip_frames}")
+        if self.pack.label_map and self.pack.label_kind == "rgb":
+            raise ValueError("pack.label_map remaps class ids; it does not apply to label_kind 'rgb'")
+        for stored, class_id in self.pack.label_map.items():
+            if not 0 <= stored < 65536 or not 0 <= class_id < self.num_classes:
+                raise ValueError(f"pack.label_map {{{stored}: {class_id}}}: stored values are 0..65535 and "
+                                 f"class ids 0..{self.num_classes - 1} (num_classes)")

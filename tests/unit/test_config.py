@@ -65,3 +65,10 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     assert again == cfg
     flat = flatten(cfg)
     assert flat["data.num_classes"] == 35 and flat["data.pack.resize"] == [64, 128]
+
+
+def test_label_map_checked_against_num_classes() -> None:
+    with pytest.raises(ConfigError, match=r"pack\.label_map \{255: 9\}.*0\.\.7"):
+        load(None, ["data.pack.label_map={255: 9}"])
+    with pytest.raises(ConfigError, match="label_kind 'rgb'"):
+        load(None, ["data.pack.label_map={255: 1}", "data.pack.label_kind=rgb"])
