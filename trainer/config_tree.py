@@ -7,6 +7,7 @@ does not fit, naming the key and where it came from (the file or the override).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -146,6 +148,9 @@ def _coerce(hint: Any, value: Any, key: str, sources: _Sources) -> Any:
             raise refuse("an integer")
         return value
     if hint is float:
+        # YAML 1.1 reads `1e-4` (no dot) as a string; take it as the number everyone means.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise refuse("a number")
         return float(value)

@@ -72,3 +72,11 @@ def test_label_map_checked_against_num_classes() -> None:
         load(None, ["data.pack.label_map={255: 9}"])
     with pytest.raises(ConfigError, match="label_kind 'rgb'"):
         load(None, ["data.pack.label_map={255: 1}", "data.pack.label_kind=rgb"])
+
+
+def test_exponent_floats_without_a_dot(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-4 as a string; users write it that way on the command line.
+    cfg = load(None, ["data.loader.min_scale=5e-1"])
+    assert cfg.data.loader.min_scale == 0.5
+    with pytest.raises(ConfigError, match="must be a number"):
+        load(None, ["data.loader.min_scale=half"])

@@ -1,0 +1,193 @@
+"""The sequential vid2vid generator: one frame at a time, coarse-to-fine in space.
+
+Frame t is ``(1 - m) * warp(frame[t-1], w) + m * h``: the previous output carried along the
+predicted flow ``w`` where it is visible, the hallucinated image ``h`` where the mask ``m`` says
+the content is new. The first frame has no previous output and is generated from labels alone,
+so inference needs no real frame.
+
+Scales: the trainer activates them coarsest first (``set_active_scales``), may freeze the coarser
+ones while a new finer one warms up (``set_trainable_scales``), then trains them jointly. Inputs
+always come at the resolution of the finest active scale; coarser scales see them average-pooled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import GeneratorConfig
+from models.scales import IMAGE_CHANNELS, GeneratorScale, ScaleResult
+from models.warp import warp
+
+
+@dataclass
+class GeneratorOutput:
+    """One generated frame at the finest active scale. Without a previous frame (first frame, or
+    the per-frame ablation) there is no flow and no mask (m = 1): ``image is hallucinated``."""
+    image: Tensor
+    """The output frame [B, 3, H, W] in [-1, 1]."""
+    hallucinated: Tensor
+    """h [B, 3, H, W]."""
+    flow: Tensor | None
+    """w [B, 2, H, W], frame t -> t-1 in pixels (the convention of ``dataio/format.py``)."""
+    mask: Tensor | None
+    """m [B, 1, H, W] in [0, 1]; 1 means hallucinated."""
+    warped: Tensor | None
+    """``warp(previous output, w)`` [B, 3, H, W]."""
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GeneratorConfig, label_channels: int) -> None:
+        super().__init__()
+        if label_channels < 1:
+            raise ValueError(f"label_channels must be >= 1, got {label_channels}")
+        self.cfg = cfg
+        self.label_channels = label_channels
+        self.scales = nn.ModuleList(GeneratorScale(cfg, label_channels, s) for s in range(cfg.num_scales))
+        self._active = cfg.num_scales
+        self._trainable = set(range(cfg.num_scales))
+        self._apply_trainable()
+
+    # -- scale control -------------------------------------------------------------------------
+    @property
+    def active_scales(self) -> int:
+        """Scales in use (1 = global generator only); the output has the resolution of the last."""
+        return self._active
+
+    @property
+    def trainable_scales(self) -> tuple[int, ...]:
+        return tuple(sorted(self._trainable))
+
+    def set_active_scales(self, count: int) -> None:
+        """Use scales ``0..count-1``; all of them become trainable, finer ones are frozen."""
+        if not 1 <= count <= len(self.scales):
+            raise ValueError(f"active scales must be in [1, {len(self.scales)}], got {count}")
+        self._active = count
+        self._trainable = set(range(count))
+        self._apply_trainable()
+
+    def set_trainable_scales(self, scales: Iterable[int]) -> None:
+        """Train only ``scales`` (among the active ones), e.g. the newest one while it warms up."""
+        chosen = set(scales)
+        if not chosen or not chosen <= set(range(self._active)):
+            raise ValueError(f"trainable scales {sorted(chosen)} must be a non-empty subset of the "
+                             f"active scales 0..{self._active - 1}")
+        self._trainable = chosen
+        self._apply_trainable()
+
+    def _apply_trainable(self) -> None:
+        # A coarser scale's output heads do not reach the final frame once a finer scale is active:
+        # freeze them so every parameter that requires grad gets one (DeepSpeed and DDP need that).
+        for index, scale in enumerate(self.scales):
+            scale.requires_grad_(index in self._trainable)
+            if index < self._active - 1:
+                for head in scale.heads():
+                    head.requires_grad_(False)
+
+    def divisor(self) -> int:
+        """Height and width of the input must be multiples of this."""
+        return 2 ** (self.cfg.n_downsample + self._active - 1)
+
+    # -- one frame -----------------------------------------------------------------------------
+    def forward(self, labels: Tensor, prev_frames: Tensor | None = None) -> GeneratorOutput:
+        """Generate frame t.
+
+        ``labels`` [B, n, C, H, W]: label maps of frames t-n+1..t (n <= L+1; fewer at the start of
+        a clip: the earliest is repeated). ``prev_frames`` [B, m, 3, H, W]: outputs for frames
+        t-m..t-1 (m <= L, earliest repeated likewise), or None / m = 0 for the first frame.
+        """
+        labels, prev = self._prepare(labels, prev_frames)
+        cond = labels[:, -1]
+        batch, _, _, height, width = labels.shape
+        labels_flat = labels.reshape(batch, -1, height, width)
+        prev_flat = None if prev is None else prev.reshape(batch, -1, height, width)
+        result: ScaleResult | None = None
+        for index in range(self._active):
+            factor = 2 ** (self._active - 1 - index)
+            result = self.scales[index](
+                _pool(labels_flat, factor), None if prev_flat is None else _pool(prev_flat, factor),
+                _pool(cond, factor), coarse=result)
+        assert result is not None
+        if result.flow is None:
+            return GeneratorOutput(result.hallucinated, result.hallucinated, None, None, None)
+        warped = warp(prev[:, -1], result.flow)
+        image = (1 - result.mask) * warped + result.mask * result.hallucinated
+        return GeneratorOutput(image, result.hallucinated, result.flow, result.mask, warped)
+
+    def _prepare(self, labels: Tensor, prev_frames: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        cfg = self.cfg
+        if labels.dim() != 5 or labels.shape[2] != self.label_channels or labels.shape[1] < 1:
+            raise ValueError(f"labels must be [B, n>=1, {self.label_channels}, H, W], got {tuple(labels.shape)}")
+        height, width = labels.shape[-2:]
+        if height % self.divisor() or width % self.divisor():
+            raise ValueError(f"frame size {height}x{width} must be a multiple of {self.divisor()} "
+                             f"(n_downsample={cfg.n_downsample}, {self._active} active scales)")
+        if cfg.per_frame:
+            return labels[:, -1:], None
+        labels = _left_pad(labels[:, -cfg.label_frames:], cfg.label_frames)
+        if prev_frames is None or prev_frames.shape[1] == 0:
+            return labels, None
+        expected = (labels.shape[0], IMAGE_CHANNELS, height, width)
+        if prev_frames.dim() != 5 or (prev_frames.shape[0], *prev_frames.shape[2:]) != expected:
+            raise ValueError(f"prev_frames must be [B, m, 3, H, W] matching labels {tuple(labels.shape)}, "
+                             f"got {tuple(prev_frames.shape)}")
+        return labels, _left_pad(prev_frames[:, -cfg.prev_frames:], cfg.prev_frames)
+
+
+def _left_pad(frames: Tensor, count: int) -> Tensor:
+    """Repeat the earliest frame until there are ``count``: a still past before the clip starts."""
+    missing = count - frames.shape[1]
+    if missing <= 0:
+        return frames
+    return torch.cat([frames[:, :1].expand(-1, missing, *frames.shape[2:]), frames], dim=1)
+
+
+def _pool(x: Tensor, factor: int) -> Tensor:
+    return x if factor == 1 else F.avg_pool2d(x, factor)
+
+
+@dataclass
+class ClipOutput:
+    """A generated clip, [B, T, ...]. Frames without a flow (the first, or every frame of the
+    per-frame ablation) have flow 0, mask 1 and ``warped == image``; ``has_flow`` [T] marks them."""
+    images: Tensor
+    hallucinated: Tensor
+    flow: Tensor
+    mask: Tensor
+    warped: Tensor
+    has_flow: Tensor
+
+
+def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True) -> ClipOutput:
+    """Generate a clip [B, T, C, H, W] frame by frame, feeding each output back as a previous frame.
+
+    ``detach_prev`` cuts the graph between frames (vid2vid backpropagates one frame at a time);
+    the outputs keep their own graphs, so a trainer can call this under autograd and sum losses.
+    """
+    frames = labels.shape[1]
+    history = generator.cfg.prev_frames
+    outputs: list[GeneratorOutput] = []
+    previous: list[Tensor] = []
+    for t in range(frames):
+        prev = torch.stack(previous[-history:], dim=1) if previous and history else None
+        out = generator(labels[:, max(0, t - history):t + 1], prev)
+        outputs.append(out)
+        previous.append(out.image.detach() if detach_prev else out.image)
+    return _stack(outputs)
+
+
+def _stack(outputs: list[GeneratorOutput]) -> ClipOutput:
+    first = outputs[0].image
+    batch, _, height, width = first.shape
+    zero_flow = first.new_zeros(batch, 2, height, width)
+    ones = first.new_ones(batch, 1, height, width)
+    return ClipOutput(
+        images=torch.stack([o.image for o in outputs], dim=1),
+        hallucinated=torch.stack([o.hallucinated for o in outputs], dim=1),
+        flow=torch.stack([zero_flow if o.flow is None else o.flow for o in outputs], dim=1),
+        mask=torch.stack([ones if o.mask is None else o.mask for o in outputs], dim=1),
+        warped=torch.stack([o.image if o.warped is None else o.warped for o in outputs], dim=1),
+        has_flow=torch.tensor([o.flow is not None for o in outputs], device=first.device))

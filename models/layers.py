@@ -1,0 +1,111 @@
+"""Building blocks shared by the generator scales: conditional norms, conv blocks, residual blocks.
+
+Every block takes ``(x, cond)``: ``cond`` is the current frame's label map, read only by SPADE
+norms, so one block type serves every norm kind.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from models.spade import SPADE
+
+ConvFactory = Callable[..., nn.Module]
+
+
+def conv_factory(spectral: bool) -> ConvFactory:
+    """``nn.Conv2d``, wrapped in spectral normalization when ``spectral``."""
+    if not spectral:
+        return nn.Conv2d
+
+    def make(*args, **kwargs) -> nn.Module:
+        return _spectral_norm(nn.Conv2d(*args, **kwargs))
+    return make
+
+
+class CondNorm(nn.Module):
+    """Instance, batch or SPADE normalization behind one ``(x, cond)`` interface."""
+
+    def __init__(self, kind: str, channels: int, cond_channels: int = 0, hidden: int = 64,
+                 conv: ConvFactory = nn.Conv2d) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "spade":
+            self.norm: nn.Module = SPADE(channels, cond_channels, hidden, conv=conv)
+        elif kind == "instance":
+            self.norm = nn.InstanceNorm2d(channels, affine=True)
+        elif kind == "batch":
+            self.norm = nn.BatchNorm2d(channels, affine=True)
+        else:
+            raise ValueError(f"unknown norm {kind!r}: expected spade, instance or batch")
+
+    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        if self.kind == "spade":
+            if cond is None:
+                raise ValueError("a SPADE norm needs the label map, got cond=None")
+            return self.norm(x, cond)
+        return self.norm(x)
+
+
+def _act(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+class ConvBlock(nn.Module):
+    """(upsample x2) -> conv -> norm -> LeakyReLU. Reflection padding keeps borders free of zeros."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, norm: str, *, stride: int = 1,
+                 upsample: bool = False, cond_channels: int = 0, hidden: int = 64,
+                 conv: ConvFactory = nn.Conv2d) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.pad = nn.ReflectionPad2d(kernel // 2) if stride == 1 else nn.Identity()
+        self.conv = conv(c_in, c_out, kernel, stride=stride, padding=0 if stride == 1 else kernel // 2)
+        self.norm = CondNorm(norm, c_out, cond_channels, hidden, conv)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.upsample:
+            # Nearest upsampling then a conv, rather than a transposed conv: no checkerboard.
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return _act(self.norm(self.conv(self.pad(x)), cond))
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (norm -> act -> conv) x 2 plus the identity."""
+
+    def __init__(self, channels: int, norm: str, cond_channels: int = 0, hidden: int = 64,
+                 conv: ConvFactory = nn.Conv2d) -> None:
+        super().__init__()
+        self.norm1 = CondNorm(norm, channels, cond_channels, hidden, conv)
+        self.conv1 = conv(channels, channels, 3, padding=1, padding_mode="reflect")
+        self.norm2 = CondNorm(norm, channels, cond_channels, hidden, conv)
+        self.conv2 = conv(channels, channels, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        y = self.conv1(_act(self.norm1(x, cond)))
+        y = self.conv2(_act(self.norm2(y, cond)))
+        return x + y
+
+
+class CondSequential(nn.ModuleList):
+    """A sequence of ``(x, cond)`` blocks."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        for block in self:
+            x = block(x, cond)
+        return x
+
+
+class OutputConv(nn.Module):
+    """Reflection-padded 7x7 conv to the output channels (no norm, no activation)."""
+
+    def __init__(self, c_in: int, c_out: int, conv: ConvFactory = nn.Conv2d) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(3)
+        self.conv = conv(c_in, c_out, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.pad(x))

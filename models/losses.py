@@ -1,0 +1,124 @@
+"""The terms of the vid2vid objective as plain functions of tensors (unweighted).
+
+Discriminator outputs are ``list[list[Tensor]]`` (per spatial scale, features with logits last).
+GAN terms average over spatial scales, so a weight means the same for any ``num_D``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.warp import warp
+
+DOutput = Sequence[Sequence[Tensor]]
+GAN_MODES = ("hinge", "lsgan", "nonsaturating")
+
+
+def _logits(outputs: DOutput | Tensor) -> list[Tensor]:
+    if isinstance(outputs, Tensor):
+        return [outputs]
+    return [scale[-1] for scale in outputs]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in GAN_MODES:
+        raise ValueError(f"unknown gan_mode {mode!r}: expected one of {', '.join(GAN_MODES)}")
+
+
+def discriminator_gan_loss(real: DOutput | Tensor, fake: DOutput | Tensor, mode: str
+                           ) -> tuple[Tensor, Tensor]:
+    """The discriminator's (real term, fake term); pass ``fake`` computed on detached frames.
+
+    hinge: relu(1 - D(x)), relu(1 + D(G)); lsgan: (D(x) - 1)^2, D(G)^2;
+    nonsaturating: softplus(-D(x)), softplus(D(G)) (binary cross-entropy on logits).
+    """
+    _check_mode(mode)
+    real_terms, fake_terms = [], []
+    for r, f in zip(_logits(real), _logits(fake), strict=True):
+        if mode == "hinge":
+            real_terms.append(F.relu(1 - r).mean())
+            fake_terms.append(F.relu(1 + f).mean())
+        elif mode == "lsgan":
+            real_terms.append((r - 1).pow(2).mean())
+            fake_terms.append(f.pow(2).mean())
+        else:
+            real_terms.append(F.softplus(-r).mean())
+            fake_terms.append(F.softplus(f).mean())
+    return torch.stack(real_terms).mean(), torch.stack(fake_terms).mean()
+
+
+def generator_gan_loss(fake: DOutput | Tensor, mode: str) -> Tensor:
+    """The generator's adversarial term: hinge -D(G), lsgan (D(G) - 1)^2, nonsaturating softplus(-D(G))."""
+    _check_mode(mode)
+    terms = []
+    for f in _logits(fake):
+        if mode == "hinge":
+            terms.append(-f.mean())
+        elif mode == "lsgan":
+            terms.append((f - 1).pow(2).mean())
+        else:
+            terms.append(F.softplus(-f).mean())
+    return torch.stack(terms).mean()
+
+
+def feature_matching_loss(fake: DOutput, real: DOutput) -> Tensor:
+    """L1 between intermediate features (logits excluded) on fake and real input, summed over
+    layers and averaged over scales; real features are detached. At pix2pixHD's default depth
+    (n_layers = 3) this equals its ``4 / (n_layers + 1) / num_D`` weighting."""
+    per_scale = []
+    for f_scale, r_scale in zip(fake, real, strict=True):
+        layers = [F.l1_loss(f, r.detach()) for f, r in zip(f_scale[:-1], r_scale[:-1], strict=True)]
+        per_scale.append(torch.stack(layers).sum())
+    return torch.stack(per_scale).mean()
+
+
+def masked_l1(prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """mean(weight * |prediction - target|); ``weight`` broadcasts over channels (e.g. [N, 1, H, W])."""
+    diff = (prediction - target).abs()
+    if weight is None:
+        return diff.mean()
+    return (diff * weight.expand_as(diff)).mean()
+
+
+def flow_loss(flow: Tensor, target: Tensor, confidence: Tensor | None = None) -> Tensor:
+    """L1 to the flow target (pixels), where the target is trusted (``confidence`` in [0, 1])."""
+    return masked_l1(flow, target, confidence)
+
+
+def warp_loss(real_prev: Tensor, real: Tensor, flow: Tensor, confidence: Tensor | None = None) -> Tensor:
+    """L1 between the previous real frame warped by the predicted flow and the real frame."""
+    return masked_l1(warp(real_prev, flow), real, confidence)
+
+
+def mask_loss(mask: Tensor, warped_real: Tensor, real: Tensor) -> Tensor:
+    """Push m to 0 where warping the real previous frame already gives the real frame, to 1 where it
+    does not (imaginaire's rule). ``conf = clamp(1 - sum_c |warped - real|, 0, 1)``, detached;
+    loss = mean(conf * m) + mean((1 - conf) * (1 - m))."""
+    with torch.no_grad():
+        conf = (1 - (warped_real - real).abs().sum(dim=-3, keepdim=True)).clamp(0, 1)
+    return masked_l1(mask, torch.zeros_like(mask), conf) + masked_l1(mask, torch.ones_like(mask), 1 - conf)
+
+
+def perceptual_loss(fake_features: Sequence[Tensor], real_features: Sequence[Tensor],
+                    layer_weights: Sequence[float]) -> Tensor:
+    """sum_i w_i * L1(phi_i(fake), phi_i(real)) over VGG layers; real features detached."""
+    terms = [w * F.l1_loss(f, r.detach())
+             for w, f, r in zip(layer_weights, fake_features, real_features, strict=True)]
+    return torch.stack(terms).sum()
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, C, C] normalised by C*H*W."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def style_loss(fake_features: Sequence[Tensor], real_features: Sequence[Tensor]) -> Tensor:
+    """sum over layers of the mean squared difference of Gram matrices; real features detached."""
+    terms = [F.mse_loss(gram_matrix(f), gram_matrix(r.detach()))
+             for f, r in zip(fake_features, real_features, strict=True)]
+    return torch.stack(terms).sum()

@@ -1,0 +1,101 @@
+"""One spatial scale of the coarse-to-fine generator: the global generator or a local enhancer.
+
+Both have the same shape (vid2vid's CompositeGenerator / CompositeLocalGenerator):
+
+    labels of frames t-L..t ─ label encoder ─┐
+                                             + ─┬─ image decoder ─ tanh ─────────────▶ hallucinated h
+    previous L outputs ───── image encoder ──┘  └─ flow decoder ─┬─ conv ─ x mult ──▶ flow w (pixels)
+                          (+ coarser scale's decoder features)   └─ conv ─ sigmoid ─▶ mask m
+
+The global scale downsamples ``n_downsample`` times and holds the residual blocks; a local enhancer
+downsamples once, adds the decoder features of the next coarser scale (same width and resolution
+after its one downsampling) and upsamples back, doubling the output resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.config import GeneratorConfig
+from models.layers import CondSequential, ConvBlock, OutputConv, ResBlock, conv_factory
+
+IMAGE_CHANNELS = 3
+
+
+@dataclass
+class ScaleResult:
+    """What one scale produces at its resolution; the features feed the next finer scale."""
+    hallucinated: Tensor
+    flow: Tensor | None
+    mask: Tensor | None
+    image_features: Tensor
+    flow_features: Tensor | None
+
+
+class GeneratorScale(nn.Module):
+    """Scale ``scale`` (0 = global, coarsest) of the generator described by ``cfg``."""
+
+    def __init__(self, cfg: GeneratorConfig, label_channels: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.temporal = not cfg.per_frame
+        self.flow_multiplier = cfg.flow_multiplier * 2 ** scale
+        conv = conv_factory(cfg.spectral_norm)
+        plain = "instance" if cfg.norm == "spade" else cfg.norm
+        if scale == 0:
+            widths = [min(cfg.ngf * 2 ** i, cfg.max_channels) for i in range(cfg.n_downsample + 1)]
+            enc_blocks, dec_blocks = cfg.n_blocks - cfg.n_blocks // 2, cfg.n_blocks // 2
+        else:
+            ngf = cfg.ngf // 2 ** scale
+            widths, enc_blocks, dec_blocks = [ngf, 2 * ngf], 0, cfg.n_blocks_local
+        self.widths = widths
+
+        def encoder(c_in: int) -> CondSequential:
+            layers = [ConvBlock(c_in, widths[0], 7, plain, conv=conv)]
+            layers += [ConvBlock(widths[i], widths[i + 1], 3, plain, stride=2, conv=conv)
+                       for i in range(len(widths) - 1)]
+            layers += [ResBlock(widths[-1], plain, conv=conv) for _ in range(enc_blocks)]
+            return CondSequential(layers)
+
+        def decoder(norm: str) -> CondSequential:
+            extra = {"cond_channels": label_channels, "hidden": cfg.spade_hidden, "conv": conv}
+            layers = [ResBlock(widths[-1], norm, **extra) for _ in range(dec_blocks)]
+            layers += [ConvBlock(widths[i + 1], widths[i], 3, norm, upsample=True, **extra)
+                       for i in reversed(range(len(widths) - 1))]
+            return CondSequential(layers)
+
+        self.label_encoder = encoder(label_channels * cfg.label_frames)
+        self.image_decoder = decoder(cfg.norm)
+        self.image_head = OutputConv(widths[0], IMAGE_CHANNELS, conv)
+        if self.temporal:
+            self.prev_encoder = encoder(IMAGE_CHANNELS * cfg.prev_frames)
+            self.flow_decoder = decoder(plain)
+            self.flow_head = OutputConv(widths[0], 2, conv)
+            self.mask_head = OutputConv(widths[0], 1, conv)
+
+    def heads(self) -> list[nn.Module]:
+        """The output convolutions: unused (no gradient) when a finer scale is active."""
+        return [self.image_head] + ([self.flow_head, self.mask_head] if self.temporal else [])
+
+    def forward(self, labels: Tensor, prev: Tensor | None, cond: Tensor,
+                coarse: ScaleResult | None = None) -> ScaleResult:
+        """``labels`` [B, (L+1)*C, h, w], ``prev`` [B, L*3, h, w] or None (first frame), ``cond``
+        the current label map [B, C, h, w] for SPADE."""
+        features = self.label_encoder(labels)
+        if prev is not None:
+            if not self.temporal:
+                raise ValueError("the per-frame generator takes no previous frames")
+            features = features + self.prev_encoder(prev)
+        image_in = features if coarse is None else features + coarse.image_features
+        image_features = self.image_decoder(image_in, cond)
+        hallucinated = torch.tanh(self.image_head(image_features))
+        if prev is None:
+            return ScaleResult(hallucinated, None, None, image_features, None)
+        flow_in = features if coarse is None or coarse.flow_features is None \
+            else features + coarse.flow_features
+        flow_features = self.flow_decoder(flow_in, cond)
+        flow = self.flow_head(flow_features) * self.flow_multiplier
+        mask = torch.sigmoid(self.mask_head(flow_features))
+        return ScaleResult(hallucinated, flow, mask, image_features, flow_features)

@@ -1,0 +1,158 @@
+"""The sequential generator: shapes per scale and clip length, composition, first frame,
+the per-frame ablation, scale control."""
+import pytest
+import torch
+
+from models.config import GeneratorConfig
+from models.generator import Generator, generate_clip
+from models.warp import warp
+
+LABELS = 4
+
+
+def tiny(**overrides) -> GeneratorConfig:
+    base = dict(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1, spade_hidden=8)
+    base.update(overrides)
+    return GeneratorConfig(**base)
+
+
+def one_hot_labels(batch, frames, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, LABELS, (batch, frames, height, width), generator=g)
+    return torch.nn.functional.one_hot(ids, LABELS).permute(0, 1, 4, 2, 3).float()
+
+
+@pytest.mark.parametrize("scales", [1, 2, 3])
+@pytest.mark.parametrize("frames", [1, 3])
+def test_clip_shapes_for_each_scale_count_and_length(scales, frames):
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=scales), LABELS)
+    height, width = 8 * 2 ** (scales - 1), 16 * 2 ** (scales - 1)
+    clip = generate_clip(gen, one_hot_labels(2, frames, height, width))
+    assert clip.images.shape == (2, frames, 3, height, width)
+    assert clip.hallucinated.shape == (2, frames, 3, height, width)
+    assert clip.flow.shape == (2, frames, 2, height, width)
+    assert clip.mask.shape == (2, frames, 1, height, width)
+    assert clip.warped.shape == (2, frames, 3, height, width)
+    assert clip.has_flow.tolist() == [False] + [True] * (frames - 1)
+    assert clip.images.abs().max() <= 1.0
+    assert ((clip.mask >= 0) & (clip.mask <= 1)).all()
+    # The first frame comes from labels alone: no flow, m = 1, image = hallucinated.
+    assert torch.equal(clip.images[:, 0], clip.hallucinated[:, 0])
+    assert torch.equal(clip.flow[:, 0], torch.zeros_like(clip.flow[:, 0]))
+
+
+@pytest.mark.parametrize("norm", ["spade", "instance", "batch"])
+def test_norm_kinds_and_spectral_norm_run(norm):
+    gen = Generator(tiny(norm=norm, spectral_norm=True), LABELS)
+    out = gen(one_hot_labels(2, 3, 8, 8), torch.rand(2, 2, 3, 8, 8) * 2 - 1)
+    assert out.image.shape == (2, 3, 8, 8)
+    names = [n for n, _ in gen.named_parameters()]
+    assert any("parametrizations.weight.original" in n for n in names)
+    assert any(".gamma." in n for n in names) == (norm == "spade")
+
+
+def test_first_frame_has_no_flow_and_needs_no_real_frame():
+    gen = Generator(tiny(), LABELS)
+    out = gen(one_hot_labels(1, 1, 16, 16), None)
+    assert out.flow is None and out.mask is None and out.warped is None
+    assert out.image is out.hallucinated
+
+
+def test_composition_formula_with_known_flow_and_mask():
+    """Set the heads so that w is an exact integer shift and m is 0 or 1, and check
+    image = (1 - m) * warp(previous frame, w) + m * h against a rolled previous frame."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(flow_multiplier=4.0), LABELS).eval()
+    scale = gen.scales[0]
+    with torch.no_grad():
+        scale.flow_head.conv.weight.zero_()
+        scale.flow_head.conv.bias.copy_(torch.tensor([0.5, -0.25]))  # x4 -> (dx, dy) = (2, -1)
+        scale.mask_head.conv.weight.zero_()
+    labels = one_hot_labels(1, 3, 16, 16)
+    prev = torch.rand(1, 2, 3, 16, 16) * 2 - 1
+    for bias, expect_warp in ((-40.0, True), (40.0, False)):
+        with torch.no_grad():
+            scale.mask_head.conv.bias.fill_(bias)
+            out = gen(labels, prev)
+        assert torch.equal(out.flow, torch.tensor([2.0, -1.0]).view(1, 2, 1, 1).expand(1, 2, 16, 16))
+        if expect_warp:  # m ~ 0: the previous frame (the LAST of the two) moved along w
+            shifted = torch.roll(prev[:, -1], shifts=(1, -2), dims=(-2, -1))
+            assert torch.allclose(out.image[..., 1:, :-2], shifted[..., 1:, :-2], atol=1e-5)
+        else:  # m ~ 1: the hallucinated image
+            assert torch.allclose(out.image, out.hallucinated, atol=1e-6)
+        mixed = (1 - out.mask) * warp(prev[:, -1], out.flow) + out.mask * out.hallucinated
+        assert torch.allclose(out.image, mixed, atol=1e-6)
+        assert torch.allclose(out.warped, warp(prev[:, -1], out.flow), atol=1e-6)
+
+
+def test_short_history_is_padded_with_the_earliest_frame():
+    torch.manual_seed(0)
+    gen = Generator(tiny(), LABELS).eval()
+    labels = one_hot_labels(1, 2, 16, 16)
+    prev = torch.rand(1, 1, 3, 16, 16)
+    with torch.no_grad():
+        short = gen(labels, prev)
+        padded = gen(torch.cat([labels[:, :1], labels], 1), torch.cat([prev, prev], 1))
+    assert torch.allclose(short.image, padded.image, atol=1e-6)
+
+
+def test_per_frame_switch_removes_flow_mask_and_previous_frames():
+    torch.manual_seed(0)
+    temporal = Generator(tiny(), LABELS)
+    per_frame = Generator(tiny(per_frame=True), LABELS).eval()
+    names = [n for n, _ in per_frame.named_parameters()]
+    for part in ("prev_encoder", "flow_decoder", "flow_head", "mask_head"):
+        assert not any(part in n for n in names), part
+        assert any(part in n for n, _ in temporal.named_parameters()), part
+    assert sum(p.numel() for p in per_frame.parameters()) < sum(p.numel() for p in temporal.parameters())
+    labels = one_hot_labels(1, 3, 16, 16)
+    with torch.no_grad():
+        a = per_frame(labels, torch.rand(1, 2, 3, 16, 16))
+        b = per_frame(labels[:, -1:], None)
+        other_past = torch.cat([one_hot_labels(1, 2, 16, 16, seed=5), labels[:, -1:]], 1)
+        c = per_frame(other_past, torch.zeros(1, 2, 3, 16, 16))
+    assert a.flow is None and a.mask is None and a.warped is None
+    assert torch.allclose(a.image, b.image, atol=1e-6) and torch.allclose(a.image, c.image, atol=1e-6)
+    clip = generate_clip(per_frame, one_hot_labels(1, 3, 16, 16))
+    assert clip.has_flow.tolist() == [False, False, False]
+    assert torch.equal(clip.mask, torch.ones_like(clip.mask))
+
+
+def test_scale_control_resolution_freezing_and_full_gradients():
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=2), LABELS)
+    gen.set_active_scales(1)
+    coarse = gen(one_hot_labels(1, 3, 8, 16), torch.rand(1, 2, 3, 8, 16))
+    assert coarse.image.shape == (1, 3, 8, 16)
+    assert not any(p.requires_grad for p in gen.scales[1].parameters())
+
+    gen.set_active_scales(2)
+    gen.set_trainable_scales([1])  # warm up the new finer scale alone
+    assert not any(p.requires_grad for p in gen.scales[0].parameters())
+    assert all(p.requires_grad for p in gen.scales[1].parameters())
+
+    gen.set_trainable_scales([0, 1])
+    # Coarse heads do not reach the output once a finer scale is active: frozen, so every
+    # parameter that requires grad actually receives one (what DeepSpeed/DDP expect).
+    assert not any(p.requires_grad for p in gen.scales[0].image_head.parameters())
+    out = gen(one_hot_labels(1, 3, 16, 32), torch.rand(1, 2, 3, 16, 32))
+    (out.image.mean() + out.flow.mean() + out.mask.mean()).backward()
+    missing = [n for n, p in gen.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    with pytest.raises(ValueError, match="subset of the active scales"):
+        gen.set_trainable_scales([2])
+
+
+def test_frame_size_must_match_downsampling():
+    gen = Generator(tiny(num_scales=2), LABELS)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gen(one_hot_labels(1, 1, 20, 32))
+
+
+def test_detached_history_keeps_per_frame_graphs():
+    gen = Generator(tiny(), LABELS)
+    clip = generate_clip(gen, one_hot_labels(1, 3, 8, 8))
+    assert clip.images.requires_grad
+    clip.images[:, -1].mean().backward()
+    assert gen.scales[0].flow_head.conv.weight.grad is not None

@@ -1,0 +1,194 @@
+"""Each loss against a hand computation on small tensors; the VGG network; the aggregator."""
+import math
+
+import pytest
+import torch
+
+from models import losses
+from models.config import LossConfig
+from models.objective import FlowInputs, discriminator_losses, generator_losses
+from models.vgg import VGG19Features, load_vgg19
+
+REAL = torch.tensor([[0.5, 2.0], [-1.0, 0.0]]).view(1, 1, 2, 2)
+FAKE = torch.tensor([[-2.0, 0.5], [1.0, -0.5]]).view(1, 1, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    torch.manual_seed(0)
+    return VGG19Features()  # random weights, built explicitly: only tests do this
+
+
+def as_output(logits):
+    """One-scale discriminator output: a feature then the logits."""
+    return [[torch.zeros(1, 2, 2, 2), logits]]
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+@pytest.mark.parametrize("mode,d_real,d_fake,g", [
+    # hinge: mean relu(1 - r) = (0.5 + 0 + 2 + 1) / 4; mean relu(1 + f) = (0 + 1.5 + 2 + 0.5) / 4; -mean f
+    ("hinge", 0.875, 1.0, 0.25),
+    # lsgan: mean (r - 1)^2 = (0.25 + 1 + 4 + 1) / 4; mean f^2 = (4 + .25 + 1 + .25) / 4; mean (f - 1)^2
+    ("lsgan", 1.5625, 1.375, 2.875),
+    ("nonsaturating",
+     sum(softplus(-r) for r in (0.5, 2.0, -1.0, 0.0)) / 4,
+     sum(softplus(f) for f in (-2.0, 0.5, 1.0, -0.5)) / 4,
+     sum(softplus(-f) for f in (-2.0, 0.5, 1.0, -0.5)) / 4),
+])
+def test_gan_losses_by_hand(mode, d_real, d_fake, g):
+    real_term, fake_term = losses.discriminator_gan_loss(as_output(REAL), as_output(FAKE), mode)
+    assert real_term.item() == pytest.approx(d_real, abs=1e-6)
+    assert fake_term.item() == pytest.approx(d_fake, abs=1e-6)
+    assert losses.generator_gan_loss(as_output(FAKE), mode).item() == pytest.approx(g, abs=1e-6)
+
+
+def test_gan_loss_averages_spatial_scales():
+    two_scales = [[REAL], [torch.full((1, 1, 1, 1), 3.0)]]
+    # hinge generator: scale 0 -mean = -0.375, scale 1 -3 -> mean -1.6875
+    assert losses.generator_gan_loss(two_scales, "hinge").item() == pytest.approx(-1.6875)
+    with pytest.raises(ValueError, match="unknown gan_mode 'wgan'"):
+        losses.generator_gan_loss(two_scales, "wgan")
+
+
+def test_feature_matching_by_hand():
+    fake = [[torch.full((1, 1, 2, 2), 3.0), torch.zeros(1, 2, 1, 1), torch.full((1, 1, 1, 1), 9.0)],
+            [torch.full((1, 1, 2, 2), 0.5), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)]]
+    real = [[torch.ones(1, 1, 2, 2), torch.tensor([1.0, -3.0]).view(1, 2, 1, 1), torch.zeros(1, 1, 1, 1)],
+            [torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 7.0)]]
+    for r in real[0] + real[1]:
+        r.requires_grad_(True)
+    # scale 0: |3-1| + mean(|0-1|, |0+3|) = 2 + 2 = 4; scale 1: 0.5 + 0 = 0.5; logits ignored.
+    loss = losses.feature_matching_loss(fake, real)
+    assert loss.item() == pytest.approx(2.25)
+    assert not loss.requires_grad  # real features are detached; fake ones here need no grad
+
+
+def test_masked_l1_and_flow_loss_by_hand():
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 2, 1, 2)
+    conf = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    # |pred - 0| * conf over [1, 2, 1, 2] = [1, 0, 3, 0] -> mean 1
+    assert losses.flow_loss(pred, torch.zeros_like(pred), conf).item() == pytest.approx(1.0)
+    assert losses.masked_l1(pred, torch.zeros_like(pred)).item() == pytest.approx(2.5)
+
+
+def test_warp_loss_is_zero_for_the_true_shift_and_counts_errors_otherwise():
+    torch.manual_seed(0)
+    prev = torch.rand(1, 3, 6, 8)
+    real = torch.roll(prev, shifts=-2, dims=-1)  # real(x) = prev(x + 2): flow dx = +2
+    conf = torch.ones(1, 1, 6, 8)
+    conf[..., -2:] = 0  # the wrapped-around columns are not a shift
+    flow = torch.zeros(1, 2, 6, 8)
+    flow[:, 0] = 2.0
+    assert losses.warp_loss(prev, real, flow, conf).item() == pytest.approx(0.0, abs=1e-6)
+    expected = ((prev - real).abs() * conf).mean().item()
+    assert losses.warp_loss(prev, real, torch.zeros_like(flow), conf).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mask_loss_by_hand():
+    real = torch.zeros(1, 3, 1, 2)
+    warped = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.75]]).view(1, 3, 1, 2)
+    mask = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2).requires_grad_(True)
+    # conf = clamp(1 - sum_c |warped - real|) = [1, 0.25]
+    # mean(conf * m) + mean((1 - conf) * (1 - m)) = (0.2 + 0.15) / 2 + (0 + 0.75 * 0.4) / 2 = 0.325
+    loss = losses.mask_loss(mask, warped, real)
+    assert loss.item() == pytest.approx(0.325)
+    loss.backward()
+    assert mask.grad[0, 0, 0].tolist() == pytest.approx([0.5, (0.25 - 0.75) / 2])
+
+
+def test_perceptual_and_style_by_hand():
+    fake = [torch.full((1, 1, 2, 2), float(d)) for d in (1, 2, 3, 4, 5)]
+    real = [torch.zeros(1, 1, 2, 2) for _ in range(5)]
+    weights = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0]
+    assert losses.perceptual_loss(fake, real, weights).item() == pytest.approx(
+        1 / 32 + 2 / 16 + 3 / 8 + 4 / 4 + 5.0)
+    features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)
+    # F F^T = [[5, 11], [11, 25]] / (C * H * W = 4)
+    assert torch.allclose(losses.gram_matrix(features), torch.tensor([[[1.25, 2.75], [2.75, 6.25]]]))
+    # mse against a zero Gram: (1.25^2 + 2 * 2.75^2 + 6.25^2) / 4
+    assert losses.style_loss([features], [torch.zeros_like(features)]).item() == pytest.approx(13.9375)
+
+
+def test_random_vgg_has_the_paper_layers_and_zero_loss_on_identical_images(vgg):
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = vgg(images)
+    assert [f.shape[1:] for f in feats] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+    assert not any(p.requires_grad for p in vgg.parameters())
+    assert losses.perceptual_loss(feats, vgg(images), LossConfig().perceptual_layers).item() == 0.0
+    vgg.train()
+    assert not vgg.training
+
+
+def test_vgg_loads_a_torchvision_layout_state_dict(tmp_path, vgg):
+    source = vgg
+    state = {f"features.{k}": v for k, v in source.features.state_dict().items()}
+    state["features.30.weight"] = torch.zeros(1)  # later layers and the classifier are ignored
+    state["classifier.0.weight"] = torch.zeros(2, 2)
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    loaded = load_vgg19(path)
+    images = torch.rand(1, 3, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(loaded(images), source(images)))
+    del state["features.28.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"vgg19\.pth: missing 'features\.28\.weight'"):
+        load_vgg19(path)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_vgg19(tmp_path / "nope.pth")
+
+
+def _tiny_outputs(value):
+    return [[torch.full((1, 2, 2, 2), value), torch.full((1, 1, 2, 2), value)]]
+
+
+def test_generator_aggregator_weights_each_term_and_sums_them(vgg):
+    torch.manual_seed(0)
+    cfg = LossConfig(gan=2.0, feature_matching=3.0, temporal_gan=0.5, temporal_feature_matching=1.0,
+                     perceptual=4.0, style=0.0, flow=5.0, warp=6.0, mask=7.0)
+    fake, real, prev = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    flow, target = torch.rand(1, 2, 16, 16), torch.rand(1, 2, 16, 16)
+    conf, mask = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    d_fake, d_real = _tiny_outputs(0.3), _tiny_outputs(1.0)
+    t_fake, t_real = [_tiny_outputs(0.1), _tiny_outputs(-0.2)], [_tiny_outputs(0.0), _tiny_outputs(0.0)]
+    terms = generator_losses(cfg, fake=fake, real=real, d_fake=d_fake, d_real=d_real,
+                             t_fake=t_fake, t_real=t_real, vgg=vgg,
+                             flow=FlowInputs(flow, real=real, real_prev=prev, target=target,
+                                             confidence=conf, mask=mask))
+    assert set(terms) == {"gan", "feature_matching", "temporal_gan", "temporal_feature_matching",
+                          "perceptual", "flow", "warp", "mask", "total"}
+    assert terms["gan"].item() == pytest.approx(2.0 * -0.3)
+    assert terms["feature_matching"].item() == pytest.approx(3.0 * 0.7)
+    assert terms["temporal_gan"].item() == pytest.approx(0.5 * (-0.1 + 0.2))
+    assert terms["temporal_feature_matching"].item() == pytest.approx(1.0 * (0.1 + 0.2))
+    assert terms["flow"].item() == pytest.approx(5.0 * losses.flow_loss(flow, target, conf).item())
+    assert terms["warp"].item() == pytest.approx(6.0 * losses.warp_loss(prev, real, flow, conf).item())
+    warped = losses.warp(prev, flow)
+    assert terms["mask"].item() == pytest.approx(7.0 * losses.mask_loss(mask, warped, real).item())
+    feats = vgg(fake), vgg(real)
+    assert terms["perceptual"].item() == pytest.approx(
+        4.0 * losses.perceptual_loss(*feats, cfg.perceptual_layers).item(), rel=1e-5)
+    assert terms["total"].item() == pytest.approx(sum(v.item() for k, v in terms.items() if k != "total"))
+
+
+def test_generator_aggregator_drops_terms_without_inputs_and_refuses_a_missing_vgg():
+    fake, real = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    terms = generator_losses(LossConfig(), fake=fake, real=real,
+                             d_fake=_tiny_outputs(0.0), d_real=_tiny_outputs(0.0))
+    assert set(terms) == {"gan", "feature_matching", "total"}  # no flow, no VGG file, no temporal D
+    with pytest.raises(ValueError, match="vgg_weights is set"):
+        generator_losses(LossConfig(vgg_weights="/models/vgg19.pth"), fake=fake, real=real,
+                         d_fake=_tiny_outputs(0.0), d_real=_tiny_outputs(0.0))
+
+
+def test_discriminator_aggregator():
+    cfg = LossConfig(gan_mode="lsgan")
+    terms = discriminator_losses(cfg, d_real=as_output(REAL), d_fake=as_output(FAKE),
+                                 t_real=[as_output(REAL), as_output(REAL)],
+                                 t_fake=[as_output(FAKE), as_output(FAKE)])
+    assert terms["d_real"].item() == pytest.approx(1.5625)
+    assert terms["d_fake"].item() == pytest.approx(1.375)
+    assert terms["temporal_d_real"].item() == pytest.approx(2 * 1.5625)
+    assert terms["total"].item() == pytest.approx(3 * (1.5625 + 1.375))
