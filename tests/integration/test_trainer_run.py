@@ -1,0 +1,168 @@
+"""The whole trainer under torchrun (2 ranks, gloo, ZeRO 2) on real shards with the real networks.
+
+Launches (each ~40 s on 2 busy cores), shared by the checks below:
+  A  the tiny config end to end: 3 epochs, two stage changes (a new scale trained alone, then jointly
+     with longer clips), checkpoints every 2 steps, MLflow on sqlite, export.
+  B  a fresh process resumed from A's step-2 checkpoint (a stage boundary, so the resumed run goes
+     through both engine rebuilds): it must reproduce A's losses and final weights exactly.
+  C  resumed from A's step-2 checkpoint with a learning rate of 1e30: losses go non-finite, steps are
+     skipped, training stops with an error naming the terms, the checkpoint is left as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "tiny_train.yaml"
+ZERO2 = ["train.generator.zero_stage=2", "train.discriminator.zero_stage=2",
+         "checkpoint.every_steps=2", "checkpoint.keep=4"]
+
+
+def trainer_run(workdir: Path, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    overrides = (f"tracking.artifact_location={workdir / 'mlruns'}", *overrides)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                   str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+           "-m", "trainer", "--config", str(CONFIG), *overrides]
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def metric_history(workdir: Path, key: str) -> dict[int, float]:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 1
+    return {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, key)}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny real shards: synthetic sequences packed by the data layer (as tiny_train.yaml expects)."""
+    root = tmp_path_factory.mktemp("tiny")
+    from dataio import pack, synth
+    from trainer.config import load
+    cfg = load(CONFIG, [f"data.shards={root}/shards", f"data.synth.out={root}/synth", f"data.pack.source={root}/synth"])
+    synth.generate(cfg.data.synth)
+    pack.pack(cfg.data, progress=False)
+    return root / "shards"
+
+
+def workdir_with(tmp: Path, shards: Path) -> Path:
+    (tmp / "data" / "tiny").mkdir(parents=True)
+    (tmp / "data" / "tiny" / "shards").symlink_to(shards)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> Path:
+    work = workdir_with(tmp_path_factory.mktemp("run_a"), shards)
+    from trainer.config import TrackingConfig
+    from trainer.tracking import prepare_store
+    prepare_store(TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="tiny",
+                                 artifact_location=str(work / "mlruns")))  # once, before the workers start
+    proc = trainer_run(work, *ZERO2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "done: epochs=3 steps=8 skipped=0" in proc.stdout
+    return work
+
+
+def test_losses_stages_and_tracking(run_a: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_a / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    for key in ("g/gan", "g/feature_matching", "g/temporal_gan", "g/flow", "g/warp", "g/mask", "g/total",
+                "d/d_real", "d/d_fake", "d/temporal_d_real", "d/total", "frames_per_s"):
+        values = metric_history(run_a, key)
+        assert values and all(math.isfinite(v) for v in values.values()), key
+    assert sorted(metric_history(run_a, "g/total")) == list(range(1, 9))
+    scales, frames = metric_history(run_a, "stage/scale"), metric_history(run_a, "stage/frames")
+    assert [scales[s] for s in (1, 3, 5, 8)] == [0, 1, 1, 1]       # a finer scale added at epoch 1
+    assert [frames[s] for s in (1, 3, 5, 8)] == [2, 2, 4, 4]       # clips twice as long at epoch 2
+    lr = metric_history(run_a, "lr/generator")
+    assert lr[1] == pytest.approx(2e-4) and lr[8] == pytest.approx(1e-4)  # linear decay in the last epoch
+    assert run.data.params["train.generator.zero_stage"] == "2"
+    assert run.data.tags["checkpoint"].endswith("step-000000008")
+    samples = client.list_artifacts(run.info.run_id, "samples")
+    assert len(samples) == 3 and all(f.path.endswith(".mp4") and f.file_size > 0 for f in samples)
+
+
+def test_checkpoints_are_complete_and_weights_only(run_a: Path) -> None:
+    from trainer import checkpoint
+    root = run_a / "checkpoints" / "tiny"
+    found = checkpoint.complete_checkpoints(root)
+    assert [p.name for p in found] == [f"step-00000000{s}" for s in (2, 4, 6, 8)]
+    state = checkpoint.load_trainer_state(found[-1])
+    assert state["progress"]["epoch"] == 3 and state["world_size"] == 2
+    assert len(state["param_checksum"]) == 2  # both ranks held identical weights when it was saved
+    assert state["config"]["train"]["generator"]["zero_stage"] == 2
+    for rank in (0, 1):
+        assert isinstance(torch.load(found[-1] / f"rng-rank{rank}.pt", weights_only=True)["torch"], torch.Tensor)
+    assert not list(root.glob(".partial-*"))
+
+
+def test_export_reloads_on_one_process(run_a: Path) -> None:
+    from models.generator import generate_clip
+    from trainer.export import consolidated_generator_state, load_generator
+    path = run_a / "checkpoints" / "tiny" / "export" / "generator.pt"
+    payload = torch.load(path, weights_only=True)
+    assert payload["active_scales"] == 2 and payload["label_channels"] == 9
+    generator = load_generator(path)
+    merged = consolidated_generator_state(run_a / "checkpoints" / "tiny" / "step-000000008", zero_stage=2)
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in merged.items())
+    labels = torch.nn.functional.one_hot(torch.randint(0, 8, (1, 3, 32, 64)), 9).permute(0, 1, 4, 2, 3).float()
+    with torch.no_grad():
+        clip = generate_clip(generator, labels)
+    assert clip.images.shape == (1, 3, 3, 32, 64) and torch.isfinite(clip.images).all()
+
+
+def copy_checkpoint(run_a: Path, work: Path, step: int) -> Path:
+    name = f"step-{step:09d}"
+    target = work / "checkpoints" / "tiny"
+    target.mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoints" / "tiny" / name, target / name)
+    return target / name
+
+
+def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path) -> None:
+    work = workdir_with(tmp_path, shards)
+    copy_checkpoint(run_a, work, 2)
+    proc = trainer_run(work, *ZERO2)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "resumed from checkpoints/tiny/step-000000002" in proc.stderr
+    for key in ("g/total", "d/total", "g/flow"):
+        uninterrupted, resumed = metric_history(run_a, key), metric_history(work, key)
+        assert sorted(resumed) == list(range(3, 9))
+        assert {s: uninterrupted[s] for s in resumed} == resumed, key
+    a = torch.load(run_a / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
+    b = torch.load(work / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_non_finite_losses_stop_training_and_keep_the_checkpoint(run_a: Path, shards: Path, tmp_path: Path) -> None:
+    work = workdir_with(tmp_path, shards)
+    kept = copy_checkpoint(run_a, work, 2)
+    digest = digests(kept)
+    proc = trainer_run(work, *ZERO2, "train.generator.lr=1.0e+30", "train.discriminator.lr=1.0e+30",
+                       "train.max_bad_steps=2", "tracking.enabled=false")
+    assert proc.returncode != 0
+    assert "NonFiniteLossError: 2 consecutive steps with a non-finite loss" in proc.stderr
+    assert "skipped: non-finite" in proc.stderr and "g/total" in proc.stderr
+    from trainer import checkpoint
+    assert checkpoint.latest_checkpoint(work / "checkpoints" / "tiny") == kept
+    assert digest == digests(kept)

@@ -1,0 +1,118 @@
+"""Tracking against a real MLflow server process on 127.0.0.1 that hangs mid-run, then answers again.
+
+The server is frozen with SIGSTOP (its connections hang: the worst case for a client, worse than a
+refused connection) and thawed with SIGCONT; a restart would cost ~20-30 s on this machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TrackingConfig
+from trainer.tracking import Tracker, redact
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` with one worker and no job runner (2 processes, ready in seconds)."""
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    log = open(root / f"server-{time.monotonic_ns()}.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 90
+    import urllib.request
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            break
+    stop_server(proc)
+    pytest.fail(f"mlflow server did not start: {Path(log.name).read_text()[-2000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop the server and its worker (its own process group, which only it and its children hold)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def history(uri: str, run_id: str, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+    return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def test_training_survives_a_hung_server(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.WARNING, logger="trainer.tracking")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    try:
+        cfg = TrackingConfig(uri=uri, experiment="survive", run_name="r1", flush_every_s=0.2)
+        tracker = Tracker(cfg, {"train.lr": 2e-4, "data.secret_key": "hunter2",
+                                "tracking.uri": "http://bob:hunter2@host:5000"})
+        for step in range(10):
+            tracker.log_metrics({"g/total": step * 0.5, "d/total": 1.0}, step)
+        assert tracker.flush(30)
+        run_id = tracker.run_id
+        assert history(uri, run_id, "g/total") == list(range(10))
+
+        os.killpg(server.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        for step in range(10, 20):
+            tracker.log_metrics({"g/total": step * 0.5, "d/total": 1.0}, step)
+        assert time.monotonic() - started < 0.5  # the training thread never waits on the network
+        deadline = time.monotonic() + 30
+        while not tracker.server_down and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tracker.server_down
+        assert tracker.pending == 20
+        assert "is not answering" in caplog.text and "training goes on" in caplog.text
+
+        os.killpg(server.pid, signal.SIGCONT)  # the server answers again
+        assert tracker.flush(60)
+        assert history(uri, run_id, "g/total") == list(range(20))
+        assert "answers again" in caplog.text
+        tracker.close()
+        from mlflow.tracking import MlflowClient
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["train.lr"] == "0.0002"
+        assert run.data.params["data.secret_key"] == "***"
+        assert "hunter2" not in run.data.params["tracking.uri"]
+        assert "hunter2" not in caplog.text
+    finally:
+        stop_server(server)
+
+
+def test_redact() -> None:
+    assert redact("data.s3.secret_access_key", "abc") == "***"
+    assert redact("tracking.uri", "https://u:p4ss@mlflow:5000/x") == "https://u:***@mlflow:5000/x"
+    assert redact("train.lr", 0.1) == "0.1"

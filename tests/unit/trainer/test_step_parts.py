@@ -1,0 +1,87 @@
+"""Pure parts of the trainer: the temporal window rule, DeepSpeed configs, rank helpers, sample videos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.config import LossConfig
+from trainer import distributed as dist
+from trainer.config import EngineConfig
+from trainer.engines import ds_config, precision
+from trainer.step import StepSettings, _temporal_span
+
+
+def settings(k: int, scales: int) -> StepSettings:
+    return StepSettings(loss=LossConfig(), prev_frames=2, frames_per_step=2, temporal_frames=k, temporal_scales=scales)
+
+
+@pytest.mark.parametrize("k, scales, stop, span", [
+    (3, 1, 1, 0),    # not enough frames generated yet for one window
+    (3, 1, 2, 0),
+    (3, 1, 3, 3),    # one window of K frames ending at the newest frame
+    (3, 1, 8, 3),    # one temporal scale: never longer than its window
+    (3, 2, 6, 5),    # two scales: the longest (K-1)*m + 1 that fits, so stride-1 windows end at the newest
+    (3, 2, 7, 7),    # the stride-3 window (7 frames) fits
+    (3, 2, 20, 7),   # capped at the coarsest scale's window
+    (2, 3, 4, 4),    # K=2: any length tiles
+    (3, 0, 8, 0),    # temporal discriminator off
+])
+def test_temporal_span(k: int, scales: int, stop: int, span: int) -> None:
+    assert _temporal_span(settings(k, scales), stop) == span
+
+
+def test_ds_config_is_explicit() -> None:
+    cfg = ds_config(EngineConfig(zero_stage=2, grad_clip=0.0), micro_batch=3, world=2)
+    assert cfg["train_batch_size"] == 6 and cfg["train_micro_batch_size_per_gpu"] == 3
+    assert cfg["gradient_clipping"] == 0.0  # DeepSpeed's own default would clip at 1.0
+    assert cfg["zero_optimization"]["stage"] == 2
+    assert cfg["bf16"]["enabled"] is (precision(EngineConfig()) == "bf16")
+    assert precision(EngineConfig(precision="bf16")) == "bf16"
+    if not torch.cuda.is_available():
+        assert precision(EngineConfig()) == "fp32"
+
+
+def test_engine_config_refuses_what_does_not_work() -> None:
+    with pytest.raises(ValueError, match="zero_stage 3 is not supported"):
+        EngineConfig(zero_stage=3)
+    with pytest.raises(ValueError, match="betas"):
+        EngineConfig(betas=[0.5])
+
+
+def test_rank_from_launcher_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert (dist.rank(), dist.world_size(), dist.is_main()) == (3, 4, False)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+    assert dist.broadcast({"a": 1}) == {"a": 1} and dist.all_equal(5)
+
+
+def test_side_by_side_video(tmp_path: Path) -> None:
+    import av
+
+    from trainer.samples import side_by_side, write_mp4
+    ids = torch.zeros(3, 16, 24, dtype=torch.long)
+    ids[:, :, 12:] = 2
+    labels = torch.nn.functional.one_hot(ids, 9).permute(0, 3, 1, 2).float()
+    fake, real = -torch.ones(3, 3, 16, 24), torch.ones(3, 3, 16, 24)
+    frames = side_by_side(labels, fake, real)
+    assert frames.shape == (3, 16, 72, 3) and frames.dtype == np.uint8
+    assert (frames[:, :, :12] == 0).all() and (frames[:, :, 12:24] > 0).any()  # class 0 black, class 2 not
+    assert (frames[:, :, 24:48] == 0).all() and (frames[:, :, 48:] == 255).all()
+    path = write_mp4(frames, tmp_path / "s.mp4")
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 3 and decoded[0].shape == (16, 72, 3)
+    assert abs(int(decoded[1][8, 60].mean()) - 255) < 20  # the real (white) panel survives H.264
+
+
+def test_export_refuses_other_files(tmp_path: Path) -> None:
+    from trainer.export import load_generator
+    torch.save({"state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a vid2vid generator export"):
+        load_generator(tmp_path / "x.pt")

@@ -1,0 +1,52 @@
+"""Entry point: ``torchrun --nproc_per_node N -m trainer --config configs/x.yaml [key=value ...]``.
+
+Also runs as one process without a launcher (``python -m trainer ...``). Ray Train calls
+``trainer.loop.train(cfg)`` directly.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config file (defaults when omitted)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
+    args = parser.parse_args(argv)
+
+    from trainer.config import load
+    from trainer.config_tree import ConfigError
+
+    try:
+        cfg = load(args.config, args.overrides)  # refuse a bad config before anything heavy starts
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # ZeRO 1-3 flood stderr with this deprecation warning from torch.distributed (PLATFORM.md).
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from trainer import distributed as dist
+
+    logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
+                        format=f"%(asctime)s rank{dist.rank()} %(name)s: %(message)s")
+    for noisy in ("DeepSpeed", "deepspeed", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from trainer.loop import train
+
+    try:
+        result = train(cfg)
+    except Exception:
+        logging.getLogger("trainer").exception("training failed")
+        dist.exit_process(1)
+    if dist.is_main():
+        print(f"done: epochs={result.progress.epoch} steps={result.progress.step} "
+              f"skipped={result.progress.skipped} checkpoint={result.checkpoint} export={result.export}",
+              flush=True)
+    dist.exit_process(0)  # barrier + os._exit: gloo can abort at interpreter exit (PLATFORM.md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The root of the config tree (one YAML file holds every section) and the trainer's own sections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from dataio.config import DataConfig
+from models.config import ModelConfig
+from trainer.config_tree import load_config
+
+
+@dataclass
+class ScheduleConfig:
+    """The progressive curriculum (see trainer/schedule.py for the rules)."""
+    epochs_per_scale: int = 10
+    """Epochs before the next finer generator scale is added (the finest keeps training to the end)."""
+    fix_coarse_epochs: int = 2
+    """Epochs a newly added scale trains alone, the coarser scales frozen; then all train jointly."""
+    start_frames: int = 2
+    """Clip length at the start of each spatial scale."""
+    frames_double_every: int = 2
+    """Epochs between doublings of the clip length."""
+    max_frames: int = 8
+    """Longest clip; also bounded by data.clip_frames."""
+
+    def __post_init__(self) -> None:
+        if self.epochs_per_scale < 1 or self.frames_double_every < 1:
+            raise ValueError("epochs_per_scale and frames_double_every must be >= 1")
+        if not 0 <= self.fix_coarse_epochs <= self.epochs_per_scale:
+            raise ValueError(f"fix_coarse_epochs must be in [0, epochs_per_scale], got {self.fix_coarse_epochs}")
+        if not 1 <= self.start_frames <= self.max_frames:
+            raise ValueError(f"need 1 <= start_frames <= max_frames, got {self.start_frames}, {self.max_frames}")
+
+
+@dataclass
+class EngineConfig:
+    """One DeepSpeed engine (the generator's or the discriminators')."""
+    zero_stage: int = 0
+    """ZeRO stage 0, 1 or 2. Stage 3 is refused: it hung in our 2-rank test (see README)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 on a GPU, fp32 on CPU (DeepSpeed refuses fp16 on CPU; bf16 there is slow)."""
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    """Adam betas; the GAN-standard (0.5, 0.999) of the reference code."""
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    """Global gradient-norm clip; 0 turns it off (DeepSpeed's own default would silently be 1.0)."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage == 3:
+            # Tried: a 2-rank run hung in ZeRO 3's cross-rank order check (gloo timeout after 600 s);
+            # engine rebuilds over already-partitioned parameters are untested too.
+            raise ValueError("zero_stage 3 is not supported by the trainer yet; use 2 (see README)")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0, weight_decay and grad_clip >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class TrainConfig:
+    height: int = 128
+    """Full (finest-scale) training resolution; coarser scales halve it per scale."""
+    width: int = 256
+    epochs: int = 20
+    decay_epochs: int = 0
+    """The learning rate stays constant, then decays linearly to 0 over the last `decay_epochs` epochs."""
+    steps_per_epoch: int = 0
+    """Batches per epoch; 0 reads the loader's whole epoch. Must be set when ranks see uneven shards."""
+    frames_per_step: int = 2
+    """Frames generated between optimizer updates: each chunk of a clip gets one D then one G update."""
+    seed: int = 0
+    """Seeds weights, noise and the data order; runs with the same seed and world size are repeatable."""
+    max_bad_steps: int = 3
+    """Consecutive steps with a non-finite loss (each skipped and counted) before training stops."""
+    log_every: int = 1
+    """Steps between metric rows sent to tracking (they are batched anyway)."""
+    generator: EngineConfig = field(default_factory=EngineConfig)
+    discriminator: EngineConfig = field(default_factory=EngineConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise ValueError(f"height and width must be >= 8, got {self.height}x{self.width}")
+        if self.epochs < 1 or not 0 <= self.decay_epochs <= self.epochs:
+            raise ValueError(f"need epochs >= 1 and 0 <= decay_epochs <= epochs, "
+                             f"got {self.epochs}, {self.decay_epochs}")
+        if self.steps_per_epoch < 0 or self.frames_per_step < 1 or self.max_bad_steps < 1 or self.log_every < 1:
+            raise ValueError("steps_per_epoch must be >= 0; frames_per_step, max_bad_steps, log_every >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    """Folder (shared by every rank) that holds `step-*/` checkpoints and the `latest` pointer."""
+    every_steps: int = 0
+    """Save every this many optimizer steps; 0 saves only at epoch ends."""
+    keep: int = 3
+    """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
+    resume: bool = True
+    """Continue from `dir`'s latest complete checkpoint when there is one."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.keep < 1:
+            raise ValueError(f"every_steps must be >= 0 and keep >= 1, got {self.every_steps}, {self.keep}")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: the embedded sqlite store, or a server `http://host:port`."""
+    experiment: str = "vid2vid"
+    artifact_location: str = ""
+    """Where a newly created experiment stores artifacts (sample videos); empty: MLflow's default
+    (`./mlruns` of the process that creates it, or the server's artifact root)."""
+    run_name: str = ""
+    """Name of a new run; empty lets MLflow pick one. A resumed run continues its checkpoint's run."""
+    enabled: bool = True
+    flush_every_s: float = 5.0
+    """Seconds between batched metric uploads (done off the training thread)."""
+    max_buffered: int = 100_000
+    """Metric values held while the server is unreachable; the oldest are dropped past this."""
+    sample_video: bool = True
+    """Log a labels | generated | real mp4 at the end of each stage."""
+
+    def __post_init__(self) -> None:
+        if self.flush_every_s <= 0 or self.max_buffered < 1:
+            raise ValueError("flush_every_s must be > 0 and max_buffered >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        # Cross-section limits: each section alone cannot see them.
+        if self.train.schedule.max_frames > self.data.clip_frames:
+            raise ValueError(f"train.schedule.max_frames ({self.train.schedule.max_frames}) exceeds "
+                             f"data.clip_frames ({self.data.clip_frames}): clips are not that long")
+        factor = 2 ** (self.model.generator.num_scales - 1)
+        if self.train.height % factor or self.train.width % factor:
+            raise ValueError(f"train.height x train.width ({self.train.height}x{self.train.width}) must be "
+                             f"divisible by 2**(model.generator.num_scales-1) = {factor}")
+
+
+def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The resolved config: ``path`` (or the defaults) with dotted ``overrides`` applied."""
+    return load_config(Config, path, overrides)

@@ -1,0 +1,194 @@
+"""DeepSpeed engines: the only module that calls ``deepspeed.initialize``, ``save_checkpoint`` and
+``load_checkpoint``.
+
+The GAN has two engines (generator; discriminators), as in DeepSpeed's DCGAN tutorial: each owns its
+optimizer, ZeRO partitioning and checkpoint folder. Facts this module is built around (measured, see
+PLATFORM.md): a client ``torch.optim.Adam`` avoids the 2-minute JIT build of FusedAdam / cpu_adam;
+``gradient_clipping`` silently defaults to 1.0 unless set; each engine needs its own checkpoint folder
+(each writes a ``latest`` file); fp16 is refused on CPU.
+
+Engines are rebuilt when the set of trainable parameters changes (a new generator scale). The module
+objects survive the rebuild, so weights carry over as they are; the Adam moments of parameters that
+keep training are copied from the old engine to the new one (``optimizer_state``/``load_optimizer_state``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from trainer.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+TAG = "ds"
+"""DeepSpeed's tag inside each engine folder; the checkpoint step lives in our folder name instead."""
+ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def precision(cfg: EngineConfig) -> str:
+    """``fp32`` or ``bf16``: what ``auto`` means on this host."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
+def ds_config(cfg: EngineConfig, micro_batch: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed config dict of one engine."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch * world,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": precision(cfg) == "bf16"},
+        "steps_per_print": 10**9,  # we log ourselves; DeepSpeed's prints would interleave across ranks
+        "wall_clock_breakdown": False,
+    }
+    if cfg.zero_stage in (1, 2):
+        # Keep ZeRO's communication buckets small: the models are small and CPU memory is the budget.
+        config["zero_optimization"].update({"reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7})
+    return config
+
+
+def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params: Iterable[nn.Parameter] = ()):
+    """A DeepSpeed engine over ``module``'s parameters that have ``requires_grad``.
+
+    ``new_params`` (a subset of those) go into their own Adam param group: ZeRO flattens each group
+    and Adam keeps one step count per flat group, so parameters carried over with their moments
+    (step n) and fresh ones (step 0) must not share one.
+    """
+    import deepspeed
+
+    from trainer import distributed as dist
+
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters to build an engine over")
+    fresh = {id(p) for p in new_params}
+    groups = [{"params": [p for p in trainable if id(p) not in fresh]},
+              {"params": [p for p in trainable if id(p) in fresh]}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                      config=ds_config(cfg, micro_batch, dist.world_size()))
+    return engine
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_state(engine, params: Iterable[nn.Parameter]) -> dict[int, dict[str, torch.Tensor]]:
+    """Full (unpartitioned) Adam moments and step count of ``params``, keyed by ``id(param)``.
+
+    Collective under ZeRO 1-2 (each rank holds a slice): call on every rank.
+    """
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for param in params:
+        if hasattr(engine.optimizer, "bit16_groups"):  # ZeRO 1/2: each rank holds a slice
+            step = _group_step(engine, param)
+            if step is None:  # the engine never stepped: nothing to carry
+                continue
+            state = {k: safe_get_full_optimizer_state(param, k) for k in ADAM_KEYS}
+            state["step"] = step
+        else:
+            raw = inner_optimizer(engine).state.get(param)
+            if not raw:
+                continue
+            state = {k: raw[k].detach().clone() for k in ADAM_KEYS}
+            state["step"] = torch.as_tensor(raw["step"], dtype=torch.float32).clone()
+        if state["exp_avg"] is not None and state["step"] is not None:
+            out[id(param)] = state
+    return out
+
+
+def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int, dict[str, torch.Tensor]]) -> int:
+    """Put moments from ``optimizer_state`` back for the ``params`` that have them; returns how many.
+
+    Call right after ``build`` (before the first step) with ``params`` placed outside ``new_params``.
+    """
+    from deepspeed.utils import safe_set_full_optimizer_state
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    inner = inner_optimizer(engine)
+    params = [p for p in params if id(p) in saved]
+    zero_groups: set[int] = set()
+    for param in params:
+        if hasattr(engine.optimizer, "bit16_groups"):
+            zero_groups.add(_group_index(engine, param))
+    zero = engine.optimizer
+    for index in sorted(zero_groups):
+        # Adam creates its state lazily at the first step and ZeRO links each parameter's slice of it
+        # after that step; create and link it now so the moments can be written in.
+        flat = zero.single_partition_of_fp32_groups[index]
+        step = next(saved[id(p)]["step"] for p in params if _group_index(engine, p) == index)
+        inner.state[flat] = {"step": step.clone(), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
+        lazy_init_hp_params_optimizer_state(zero.bit16_groups[index], flat, inner.state)
+    for param in params:
+        state = saved[id(param)]
+        if zero_groups:
+            for key in ADAM_KEYS:
+                safe_set_full_optimizer_state(param, state[key], key)
+        else:
+            inner.state[param] = {"step": state["step"].clone(), **{k: state[k].clone() for k in ADAM_KEYS}}
+    return len(params)
+
+
+def _group_index(engine, param: nn.Parameter) -> int:
+    """Index of the optimizer param group that holds ``param``."""
+    for index, group in enumerate(engine.optimizer.param_groups):
+        if any(p is param for p in group["params"]):
+            return index
+    for index, group in enumerate(getattr(engine.optimizer, "bit16_groups", [])):
+        if any(p is param for p in group):
+            return index
+    raise KeyError("parameter is not in this engine's optimizer")
+
+
+def inner_optimizer(engine) -> torch.optim.Optimizer:
+    """The client Adam inside DeepSpeed's wrappers."""
+    opt = engine.optimizer
+    while hasattr(opt, "optimizer"):
+        opt = opt.optimizer
+    return opt
+
+
+def _group_step(engine, param: nn.Parameter) -> torch.Tensor | None:
+    """Adam's step count of the flat ZeRO partition holding ``param``."""
+    flat = engine.optimizer.single_partition_of_fp32_groups[_group_index(engine, param)]
+    state = inner_optimizer(engine).state.get(flat)
+    if not state or "step" not in state:
+        return None
+    return torch.as_tensor(state["step"], dtype=torch.float32).clone()
+
+
+@dataclass
+class Engines:
+    """The two engines of the GAN."""
+    generator: Any
+    discriminator: Any
+
+    def save(self, folder: Path) -> None:
+        """Write both engines under ``folder`` (every rank; ZeRO ranks write their own shards)."""
+        self.generator.save_checkpoint(str(folder / "generator"), tag=TAG, save_latest=False)
+        self.discriminator.save_checkpoint(str(folder / "discriminator"), tag=TAG, save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        """Restore both engines' weights, optimizer states and step counters from ``folder``."""
+        for name, engine in (("generator", self.generator), ("discriminator", self.discriminator)):
+            path, _ = engine.load_checkpoint(str(folder / name), tag=TAG, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"no {name} engine checkpoint in {folder / name}")
+
+    def destroy(self) -> None:
+        for engine in (self.generator, self.discriminator):
+            engine.destroy()

@@ -1,0 +1,61 @@
+"""The trained generator as one plain file: consolidated fp32 weights plus the config that builds it.
+
+Loads with ``torch.load(weights_only=True)`` on one process without DeepSpeed, so the cluster layer can
+register it and ``generate`` can run it anywhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.engines import TAG
+
+FORMAT = "vid2vid-generator/1"
+
+
+def consolidated_generator_state(checkpoint: str | Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 generator weights from a checkpoint folder (any ZeRO stage, any rank count).
+
+    ZeRO 1-3 keep the fp32 master weights partitioned across the ranks' optimizer files: DeepSpeed's
+    ``zero_to_fp32`` merges them. Stage 0 has the whole module in its model-states file.
+    """
+    folder = Path(checkpoint) / "generator"
+    if zero_stage == 0:
+        states = torch.load(folder / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
+    return {k: v.detach().float().contiguous() for k, v in state.items()}
+
+
+def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int, model_config: dict[str, Any],
+                     label_channels: int, active_scales: int) -> Path:
+    """Write ``out`` (atomically) from the checkpoint folder ``checkpoint``; returns ``out``."""
+    out = Path(out)
+    payload = {"format": FORMAT, "state_dict": consolidated_generator_state(checkpoint, zero_stage),
+               "model": model_config, "label_channels": label_channels, "active_scales": active_scales}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def load_generator(path: str | Path):
+    """The exported generator as a ready ``models.generator.Generator`` in eval mode."""
+    from models.build import build_generator
+    from models.config import ModelConfig
+    from trainer.config_tree import from_dict
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a vid2vid generator export (format {payload.get('format')!r})")
+    generator = build_generator(from_dict(ModelConfig, payload["model"], str(path), "model."),
+                                payload["label_channels"])
+    generator.set_active_scales(payload["active_scales"])
+    generator.load_state_dict(payload["state_dict"])
+    return generator.eval()

@@ -1,0 +1,353 @@
+"""``train(cfg)``: one training run, read top to bottom.
+
+    join the process group -> build the networks -> resume? -> for each epoch:
+        stage_at(epoch) changed?  rebuild the loader (new size / clip length) and, when the trainable
+                                  generator scales changed, the generator engine (moments carried)
+        for each batch (all ranks agree how many):  D then G update per chunk of frames
+            log (rank 0, batched) -> checkpoint every N steps
+        checkpoint at the epoch end
+    -> export the consolidated generator -> close tracking
+
+Everything a resumed run needs to continue exactly (epoch, batch position, step, RNG, engine layout,
+MLflow run) is in the checkpoint; the stage is recomputed from the epoch (``stage_at`` is pure).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from models.build import build as build_networks
+from models.generator import generate_clip
+from trainer import checkpoint, distributed as dist, engines as engines_mod
+from trainer.config import Config
+from trainer.config_tree import flatten, to_dict
+from trainer.export import export_generator
+from trainer.schedule import Stage, lr_factor, stage_at
+from trainer.step import ChunkResult, Discriminators, StepSettings, train_batch
+from trainer.tracking import make_tracker
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss; the message names the terms."""
+
+
+@dataclass
+class Progress:
+    """The trainer state a checkpoint carries (besides the engines and RNG)."""
+    epoch: int = 0
+    """The epoch in progress (or the next to start)."""
+    batch: int = 0
+    """Batches of ``epoch`` already trained: a resumed run skips that many."""
+    step: int = 0
+    """Optimizer updates (chunks) attempted so far, skipped ones included."""
+    skipped: int = 0
+    bad_in_row: int = 0
+    run_id: str = ""
+    """The MLflow run, continued by a resumed run."""
+    new_params: list[int] = field(default_factory=list)
+    """Indices (in ``generator.parameters()`` order) of the generator's fresh Adam param group: the
+    engine is rebuilt with the same layout on resume so its optimizer state loads."""
+
+
+@dataclass
+class TrainResult:
+    progress: Progress
+    last_losses: dict[str, float]
+    checkpoint: Path | None
+    export: Path | None
+
+
+CheckpointHook = Callable[[Path, dict[str, float]], None]
+
+
+def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResult:
+    """Train as ``cfg`` says (resuming from ``checkpoint.dir`` when it holds a checkpoint).
+
+    ``on_checkpoint(folder, last_losses)`` runs on every rank after each complete checkpoint: the
+    launcher's hook (Ray Train reports it there; every rank must report equally often).
+    """
+    dist.init()
+    run = _Run(cfg, on_checkpoint)
+    status = "FAILED"
+    try:
+        for epoch in range(run.progress.epoch, cfg.train.epochs):
+            run.enter_epoch(epoch)      # stage change? new loader / engines; learning rate
+            run.train_epoch(epoch)      # D then G per chunk of frames, for every batch
+            run.progress.epoch, run.progress.batch = epoch + 1, 0
+            run.save()
+        run.log_sample(cfg.train.epochs)
+        exported = _export(cfg, run.last_save, run.label_channels, run.generator)
+        if exported is not None:
+            run.tracker.set_tag("export", str(exported.resolve()))
+        status = "FINISHED"
+        return TrainResult(run.progress, run.last_losses, run.last_save, exported)
+    finally:
+        run.tracker.close(status)
+        if run.engines is not None:
+            run.engines.destroy()
+
+
+class _Run:
+    """The state of one training run that outlives an epoch: networks, engines, loader, tracker."""
+
+    def __init__(self, cfg: Config, on_checkpoint: CheckpointHook | None = None) -> None:
+        from dataio.loader import build_loader
+
+        self.cfg, self.device, self.world = cfg, dist.device(), dist.world_size()
+        self.on_checkpoint = on_checkpoint
+        self._build_loader = build_loader
+        # Same initial weights on every rank (DeepSpeed does not broadcast them for ZeRO 0).
+        torch.manual_seed(cfg.train.seed)
+        first = _stage(cfg, 0)
+        self.loader = build_loader(cfg.data, first.height, first.width, first.frames, rank=dist.rank(),
+                                   world_size=self.world, epoch_seed=0)
+        self.loader_shape = (first.height, first.width, first.frames)
+        self.label_channels = self.loader.label_channels  # a property of the shards, not of the config
+        nets = build_networks(cfg.model, self.label_channels)
+        self.generator = nets.generator
+        self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
+        vgg = nets.vgg.to(self.device).eval().requires_grad_(False) if nets.vgg is not None else None
+        self.settings = StepSettings(
+            loss=cfg.model.loss, prev_frames=cfg.model.generator.prev_frames,
+            frames_per_step=cfg.train.frames_per_step,
+            temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
+            temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,
+            dtype=torch.bfloat16 if engines_mod.precision(cfg.train.generator) == "bf16" else torch.float32)
+        self.progress = Progress()
+        self.engines: engines_mod.Engines | None = None
+        self.stage: Stage | None = None
+        self.last_save = checkpoint.latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
+        if self.last_save is not None:
+            self._resume(self.last_save)
+        self.tracker = make_tracker(cfg.tracking, flatten(cfg), run_id=self.progress.run_id or None,
+                                    tags={"world_size": str(self.world),
+                                          "checkpoint_dir": str(Path(cfg.checkpoint.dir).resolve())})
+        self.last_losses: dict[str, float] = {}
+        self.sample_batch: Any = None
+        self.lr_scale = 1.0
+
+    def _resume(self, folder: Path) -> None:
+        saved = checkpoint.load_trainer_state(folder)
+        self.progress = Progress(**saved["progress"])
+        # Rebuild the engines exactly as they were saved (the stage and param groups of that moment),
+        # load them, and let the epoch loop move on to the current stage as an unbroken run would.
+        self.stage = Stage(**saved["stage"])
+        self.engines = _resumed_engines(self.stage, self.generator, self.discriminators, self.cfg,
+                                        self.progress, folder)
+        log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, self.progress.epoch,
+                 self.progress.batch, self.progress.step)
+
+    def enter_epoch(self, epoch: int) -> None:
+        cfg, stage = self.cfg, _stage(self.cfg, epoch)
+        if stage != self.stage:
+            self.log_sample(epoch)  # the stage that ends
+            self.engines = _engines_for(stage, self.generator, self.discriminators, self.engines, cfg, self.progress)
+            self.stage = stage
+            log.info("epoch %d: stage %s", epoch, stage)
+        shape = (stage.height, stage.width, stage.frames)
+        if shape != self.loader_shape:  # DALI pipelines have a fixed output size and clip length
+            self.loader = self._build_loader(cfg.data, *shape, rank=dist.rank(), world_size=self.world,
+                                             epoch_seed=epoch)
+            self.loader_shape = shape
+        self.loader.epoch = epoch  # the data order of an epoch depends on the epoch alone
+        self.lr_scale = lr_factor(epoch, cfg.train.epochs, cfg.train.decay_epochs)
+        engines_mod.set_lr(self.engines.generator, cfg.train.generator.lr * self.lr_scale)
+        engines_mod.set_lr(self.engines.discriminator, cfg.train.discriminator.lr * self.lr_scale)
+
+    def train_epoch(self, epoch: int) -> None:
+        cfg, progress = self.cfg, self.progress
+        skip = progress.batch if epoch == progress.epoch else 0
+        for index, batch in enumerate(_agreed_batches(self.loader, cfg.train.steps_per_epoch)):
+            if index < skip:
+                continue  # resumed mid-epoch: these batches were trained before the checkpoint
+            started = time.perf_counter()
+            batch = _to(batch, self.device)
+            results = train_batch(self.engines, batch, self.settings)
+            progress.batch = index + 1
+            fps = batch.rgb.shape[0] * batch.rgb.shape[1] * self.world / (time.perf_counter() - started)
+            for result in results:
+                progress.step += 1
+                _count_bad(result, progress, cfg.train.max_bad_steps)
+                self.last_losses = result.losses
+                if progress.step % cfg.train.log_every == 0:
+                    self.tracker.log_metrics({
+                        **result.losses, "lr/generator": cfg.train.generator.lr * self.lr_scale,
+                        "stage/scale": self.stage.scale, "stage/frames": self.stage.frames, "frames_per_s": fps,
+                        "skipped_steps": progress.skipped, "skipped_samples": self.loader.stats.skipped},
+                        progress.step)
+            self.sample_batch = batch
+            every = cfg.checkpoint.every_steps
+            if every and progress.step // every > (progress.step - len(results)) // every:
+                self.save()
+
+    def save(self) -> None:
+        """Checkpoint, unless the last step was skipped: the update before a non-finite loss may have
+        poisoned the weights, and the last good checkpoint must stay the newest."""
+        if not self.progress.bad_in_row:
+            self.last_save = _save(self.cfg, self.engines, self.progress, self.tracker, self.stage)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.last_save, self.last_losses)
+
+    def log_sample(self, epoch: int) -> None:
+        if self.stage is not None and self.sample_batch is not None:
+            _log_sample(self.tracker, self.cfg, self.generator, self.sample_batch, self.stage, epoch)
+
+
+def _stage(cfg: Config, epoch: int) -> Stage:
+    return stage_at(cfg.train.schedule, epoch, scales=cfg.model.generator.num_scales,
+                    height=cfg.train.height, width=cfg.train.width)
+
+
+def _resumed_engines(stage: Stage, generator: nn.Module, discriminators: nn.Module, cfg: Config,
+                     progress: Progress, folder: Path) -> engines_mod.Engines:
+    """The engines of checkpoint ``folder``: same trainable scales and param groups, then loaded."""
+    generator.set_active_scales(stage.scale + 1)
+    generator.set_trainable_scales(stage.trainable_scales)
+    params = list(generator.parameters())
+    micro = cfg.data.loader.batch_size
+    built = engines_mod.Engines(
+        engines_mod.build(generator, cfg.train.generator, micro, new_params=[params[i] for i in progress.new_params]),
+        engines_mod.build(discriminators, cfg.train.discriminator, micro))
+    built.load(folder)
+    checkpoint.restore_rng(folder)
+    return built
+
+
+def _engines_for(stage: Stage, generator: nn.Module, discriminators: nn.Module,
+                 current: engines_mod.Engines | None, cfg: Config, progress: Progress) -> engines_mod.Engines:
+    """Engines for ``stage``: kept when the trainable generator parameters stay the same, else the
+    generator engine is rebuilt with the moments of the parameters that keep training."""
+    params = list(generator.parameters())
+    before = {id(p) for p in params if p.requires_grad} if current is not None else set()
+    generator.set_active_scales(stage.scale + 1)
+    generator.set_trainable_scales(stage.trainable_scales)
+    after = [p for p in params if p.requires_grad]
+    micro = cfg.data.loader.batch_size
+    if current is not None and {id(p) for p in after} == before:
+        return current
+    if current is None:
+        progress.new_params = []
+        return engines_mod.Engines(engines_mod.build(generator, cfg.train.generator, micro),
+                                   engines_mod.build(discriminators, cfg.train.discriminator, micro))
+    continuing = [p for p in after if id(p) in before]
+    new = [p for p in after if id(p) not in before]
+    carried = engines_mod.optimizer_state(current.generator, continuing)
+    current.generator.destroy()
+    engine = engines_mod.build(generator, cfg.train.generator, micro, new_params=new)
+    restored = engines_mod.load_optimizer_state(engine, continuing, carried)
+    index = {id(p): i for i, p in enumerate(params)}
+    progress.new_params = [index[id(p)] for p in new]
+    log.info("generator engine rebuilt for scales %s: %d tensors carry their Adam moments, %d start fresh",
+             stage.trainable_scales, restored, len(new))
+    return engines_mod.Engines(engine, current.discriminator)
+
+
+def _agreed_batches(loader, limit: int) -> Iterator[Any]:
+    """The loader's batches while every rank still has one (shards may split unevenly), up to ``limit``."""
+    batches = iter(loader)
+    count = 0
+    try:
+        while not limit or count < limit:
+            batch = next(batches, None)
+            have = torch.tensor([0 if batch is None else 1])
+            if dist.world_size() > 1:
+                tdist.all_reduce(have, op=tdist.ReduceOp.MIN)
+            if not have.item():
+                return
+            count += 1
+            yield batch
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def _count_bad(result: ChunkResult, progress: Progress, limit: int) -> None:
+    """Count a skipped (non-finite) step; ``limit`` in a row stop training, naming the terms."""
+    if not result.skipped:
+        progress.bad_in_row = 0
+        return
+    progress.skipped += 1
+    progress.bad_in_row += 1
+    log.warning("step %d skipped: non-finite %s", progress.step, ", ".join(result.bad_terms))
+    if progress.bad_in_row >= limit:
+        raise NonFiniteLossError(
+            f"{progress.bad_in_row} consecutive steps with a non-finite loss (last, step {progress.step}: "
+            f"{', '.join(result.bad_terms)}); stopping (train.max_bad_steps={limit}). "
+            f"The last checkpoint is left as it was.")
+
+
+def _save(cfg: Config, engines: engines_mod.Engines, progress: Progress, tracker, stage: Stage) -> Path:
+    progress.run_id = tracker.run_id or progress.run_id
+    checksum = _check_ranks_agree(engines)
+    state = {"progress": dataclasses.asdict(progress), "config": to_dict(cfg), "stage": dataclasses.asdict(stage),
+             "world_size": dist.world_size(), "param_checksum": checksum}
+    path = checkpoint.save(cfg.checkpoint.dir, progress.step, state, engines.save, cfg.checkpoint.keep)
+    tracker.set_tag("checkpoint", str(path.resolve()))
+    return path
+
+
+def _check_ranks_agree(engines: engines_mod.Engines) -> list[float]:
+    """Parameter sums of both networks, checked equal on every rank before they are saved.
+
+    Data-parallel ranks must hold identical weights (ZeRO 0-2 keep full copies); a difference means a
+    bug (a rank skipped an update the others made), and saving would make it permanent.
+    """
+    sums = [float(sum(p.detach().double().sum() for p in e.module.parameters()))
+            for e in (engines.generator, engines.discriminator)]
+    if not dist.all_equal(sums):
+        raise RuntimeError(f"rank {dist.rank()}: parameters differ between ranks (sums {sums}); not saving")
+    return sums
+
+
+def _export(cfg: Config, folder: Path | None, label_channels: int, generator) -> Path | None:
+    if folder is None:
+        return None
+    out = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
+    if dist.is_main():
+        export_generator(folder, out, zero_stage=cfg.train.generator.zero_stage, model_config=to_dict(cfg.model),
+                         label_channels=label_channels, active_scales=generator.active_scales)
+    dist.barrier()
+    return out
+
+
+def _log_sample(tracker, cfg: Config, generator, batch, stage: Stage, epoch: int) -> None:
+    """labels | generated | real of the stage's last batch's first clip, as an mp4 artifact.
+
+    Every rank generates (the same clip): sharded engines gather weights collectively, so a forward on
+    rank 0 alone could hang. Rank 0 writes and logs it.
+    """
+    if not cfg.tracking.sample_video or not cfg.tracking.enabled:
+        return
+    from trainer.samples import side_by_side, write_mp4
+
+    generator.eval()
+    try:
+        with torch.no_grad():
+            clip = generate_clip(generator, batch.labels[:1].to(next(generator.parameters()).dtype))
+    finally:
+        generator.train()
+    if not dist.is_main():
+        return
+    frames = side_by_side(batch.labels[0], clip.images[0], batch.rgb[0])
+    folder = Path(cfg.checkpoint.dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_mp4(frames, folder / f"epoch{epoch:04d}-scale{stage.scale}-{stage.height}x{stage.width}.mp4")
+    tracker.log_artifact(path, "samples")
+
+
+def _to(batch, device: torch.device):
+    if batch.rgb.device == device:
+        return batch
+    return dataclasses.replace(batch, rgb=batch.rgb.to(device), labels=batch.labels.to(device),
+                               flow=batch.flow.to(device), flow_conf=batch.flow_conf.to(device))

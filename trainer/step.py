@@ -1,0 +1,175 @@
+"""The GAN step over one batch of clips: frame by frame, in chunks, one D then one G update per chunk.
+
+A clip of T frames is generated sequentially: frame t sees the labels of t-L..t and the L previous
+*generated* frames, detached (vid2vid backpropagates through one frame at a time; carrying the graph
+across frames costs memory linear in T for little gain). Every ``frames_per_step`` frames:
+
+1. **D update.** The image discriminator judges each real and (detached) fake frame with its labels;
+   the temporal discriminator judges windows of K consecutive frames with the real flow between them.
+   Its windows end at the newest frame and reach back into the already generated (detached) frames,
+   so every chunk is judged in motion, not only chunks longer than K.
+2. **G update.** The discriminators are frozen (``requires_grad_(False)``: ZeRO 2/3 fail otherwise with
+   "parameter has already been reduced") and called through ``engine.module`` (ZeRO 0 refuses the
+   engine's own forward there). Every loss term of ``models.objective`` is reported separately.
+
+A non-finite loss skips its update on every rank (ranks agree first: one rank skipping a backward
+the others run would hang their all-reduce) and is reported by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+from models.config import LossConfig
+from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.objective import FlowInputs, discriminator_losses, generator_losses
+from trainer import distributed as dist
+from trainer.engines import Engines
+
+
+class Discriminators(nn.Module):
+    """The image and temporal discriminators as one module: one engine, optimizer and checkpoint."""
+
+    def __init__(self, image: ImageDiscriminator, temporal: TemporalDiscriminator | None) -> None:
+        super().__init__()
+        self.image = image
+        self.temporal = temporal
+
+    def forward(self, labels: Tensor, images: Tensor, window: Tensor | None, window_flow: Tensor | None
+                ) -> tuple[Any, list[Any]]:
+        """Image D on ``labels``/``images`` [B, f, ...]; temporal D on ``window`` [B, n, 3, H, W]."""
+        image_out = self.image(labels, images)
+        if self.temporal is None or window is None:
+            return image_out, []
+        return image_out, self.temporal(window, window_flow)
+
+
+@dataclass
+class StepSettings:
+    loss: LossConfig
+    prev_frames: int
+    """L of the generator: how many previous outputs it reads."""
+    frames_per_step: int
+    temporal_frames: int
+    """K of the temporal discriminator (0 when it is off)."""
+    temporal_scales: int
+    dtype: torch.dtype = torch.float32
+    vgg: nn.Module | None = None
+
+
+@dataclass
+class ChunkResult:
+    """One update (a chunk of frames): losses by name (``g/...``, ``d/...``), or the bad ones."""
+    losses: dict[str, float]
+    bad_terms: list[str] = field(default_factory=list)
+    frames: int = 0
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.bad_terms)
+
+
+def train_batch(engines: Engines, batch: Any, settings: StepSettings) -> list[ChunkResult]:
+    """Train on one ``ClipBatch`` (rgb/labels/flow/flow_conf [B, T, ...]); one result per chunk."""
+    rgb, labels = batch.rgb.to(settings.dtype), batch.labels.to(settings.dtype)
+    flow, conf = batch.flow.to(settings.dtype), batch.flow_conf.to(settings.dtype)
+    frames = rgb.shape[1]
+    history: list[Tensor] = []  # generated frames so far, detached
+    results = []
+    for start in range(0, frames, settings.frames_per_step):
+        stop = min(frames, start + settings.frames_per_step)
+        results.append(_chunk(engines, settings, rgb, labels, flow, conf, history, start, stop))
+    return results
+
+
+def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow: Tensor, conf: Tensor,
+           history: list[Tensor], start: int, stop: int) -> ChunkResult:
+    engG, engD = engines.generator, engines.discriminator
+    outs = []
+    for t in range(start, stop):
+        prev = torch.stack(history[-s.prev_frames:], dim=1) if history and s.prev_frames else None
+        outs.append(engG(labels[:, max(0, t - s.prev_frames):t + 1], prev))
+        history.append(outs[-1].image.detach())
+    fake = torch.stack([o.image for o in outs], dim=1)
+    real, lab = rgb[:, start:stop], labels[:, start:stop]
+    span = _temporal_span(s, stop)
+    window_real = window_fake = window_flow = None
+    if span:
+        first = stop - span
+        window_real, window_flow = rgb[:, first:stop], flow[:, first:stop]
+        # Older frames come from the detached history; the chunk's frames keep their graph for G.
+        window_fake = torch.cat([torch.stack(history[first:start], dim=1), fake], dim=1) \
+            if first < start else fake
+
+    # 1. Discriminator update on real and detached fake.
+    d_real, t_real = engD(lab, real, window_real, window_flow)
+    d_fake, t_fake = engD(lab, fake.detach(), None if window_fake is None else window_fake.detach(), window_flow)
+    d_terms = discriminator_losses(s.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake)
+    losses = {f"d/{k}": v for k, v in d_terms.items()}
+    bad = _non_finite(losses)
+    if bad:
+        return ChunkResult(_floats(losses), bad, stop - start)
+    engD.backward(d_terms["total"])
+    engD.step()
+
+    # 2. Generator update through frozen discriminators.
+    d_module = engD.module
+    d_module.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            d_real, t_real = d_module(lab, real, window_real, window_flow)
+        d_fake, t_fake = d_module(lab, fake, window_fake, window_flow)
+        g_terms = generator_losses(s.loss, fake=fake, real=real, d_fake=d_fake, d_real=d_real,
+                                   t_fake=t_fake, t_real=t_real, vgg=s.vgg,
+                                   flow=_flow_inputs(outs, rgb, flow, conf, start))
+        g_losses = {f"g/{k}": v for k, v in g_terms.items()}
+        losses.update(g_losses)
+        bad = _non_finite(g_losses)
+        if not bad:
+            engG.backward(g_terms["total"])
+            engG.step()
+    finally:
+        d_module.requires_grad_(True)
+    return ChunkResult(_floats(losses), bad, stop - start)
+
+
+def _temporal_span(s: StepSettings, stop: int) -> int:
+    """Frames of the temporal window ending at frame ``stop - 1``, 0 when none fits yet.
+
+    The longest window that fits, of length (K-1)*m + 1 so that the stride-1 windows tile it exactly
+    up to the newest frame, capped at the window of the coarsest temporal scale.
+    """
+    k = s.temporal_frames
+    if not s.temporal_scales or k < 2 or stop < k:
+        return 0
+    longest = (k - 1) * k ** (s.temporal_scales - 1) + 1
+    n = min(stop, longest)
+    return n - (n - 1) % (k - 1)
+
+
+def _flow_inputs(outs: list[Any], rgb: Tensor, flow: Tensor, conf: Tensor, start: int) -> FlowInputs | None:
+    """Flow, mask and targets of the chunk's frames that have a flow (not the clip's first frame)."""
+    with_flow = [(start + i, o) for i, o in enumerate(outs) if o.flow is not None]
+    if not with_flow:
+        return None
+    ts = [t for t, _ in with_flow]
+    return FlowInputs(flow=torch.stack([o.flow for _, o in with_flow], dim=1), real=rgb[:, ts],
+                      real_prev=rgb[:, [t - 1 for t in ts]], target=flow[:, ts], confidence=conf[:, ts],
+                      mask=torch.stack([o.mask for _, o in with_flow], dim=1))
+
+
+def _non_finite(terms: dict[str, Tensor]) -> list[str]:
+    """Names of non-finite terms on any rank (the same list on every rank)."""
+    names = sorted(terms)
+    flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names])
+    if dist.world_size() > 1:
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    return [n for n, f in zip(names, flags.tolist()) if f]
+
+
+def _floats(terms: dict[str, Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in terms.items()}
