@@ -329,7 +329,8 @@ def _encode_shards(shards: list[_Shard], sequences: list[Sequence], encoding: _E
 
 def _write_shard(name: str, samples: list[tuple[str, dict[str, bytes]]], dest: Destination,
                  scratch: Path) -> int:
-    """Tar first, index last: a shard counts as finished only once its index exists."""
+    """Tar first, index last: a shard counts as finished only once its index exists (locally, the
+    tar is fsynced and its rename flushed before the index is written: see ``Destination.publish``)."""
     tar = scratch / f"{name}.tar"
     index = fmt.write_shard(samples, tar).encode()
     size = tar.stat().st_size

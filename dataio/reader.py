@@ -5,9 +5,10 @@ Everything that can be checked without decoding is checked here, so that a bad s
 ``Skip`` record instead of a dead DALI pipeline:
 
 - a missing member (``rgb.webm``, ``label.webm``, ``flow.webm``, ``json``) or unreadable metadata;
-- a truncated tar. ``tarfile`` in stream mode ends silently when a tar is cut at (or inside) a
-  header, so the reader also checks for the end-of-archive blocks, and, when the ``.idx`` that
-  ``wds2idx`` writes beside each shard is there, names every sample the tar lost;
+- a truncated or corrupt tar. ``tarfile`` in stream mode ends silently when a tar is cut at (or
+  inside) a header, or at a header it cannot parse, so the reader also checks for the end-of-archive
+  blocks and that only zeros follow them, and, when the ``.idx`` that ``wds2idx`` writes beside each
+  shard is there, names every sample the tar lost;
 - a shard that cannot be opened.
 
 A shard is read front to back in one sequential stream (on S3, s3fs fetches it in 50 MB ranges).
@@ -113,15 +114,46 @@ def shards_for_rank(shards: list[str], rank: int, world_size: int, seed: int, ep
 
 
 class _CountingReader:
-    """A file wrapper that counts the bytes handed to ``tarfile`` (to find a missing end)."""
+    """A file wrapper that counts the bytes handed to ``tarfile`` (to find a missing end) and keeps
+    the last few reads: ``tarfile`` reads ahead (one 10 KiB record at a time), so the bytes after the
+    point where it stopped are already gone from the file when we want to look at them."""
+
+    _RECENT = 4  # reads kept; tarfile holds back less than one of its 10 KiB reads
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw, self.position = raw, 0
+        self._recent: list[tuple[int, bytes]] = []  # (offset, data) of the latest reads
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
+        self._recent = [*self._recent[1 - self._RECENT:], (self.position, data)]
         self.position += len(data)
         return data
+
+    def bytes_from(self, offset: int) -> bytes | None:
+        """What was read from ``offset`` on, or None when it is no longer kept."""
+        if not self._recent or self._recent[0][0] > offset:
+            return None
+        joined = b"".join(data for _, data in self._recent)
+        return joined[offset - self._recent[0][0]:]
+
+    def drain(self) -> bool:
+        """Read to the end of the file; True when any byte read was not zero."""
+        nonzero = False
+        while chunk := self.read(1 << 16):
+            nonzero = nonzero or chunk.count(0) != len(chunk)
+        return nonzero
+
+
+def _has_data_after(counter: _CountingReader, end: int) -> bool:
+    """True when a non-zero byte follows ``end``, where ``tarfile`` stopped (reads the file to its end).
+
+    A tar ends with zero blocks (and zero padding); ``tarfile`` also stops, silently, at a header it
+    cannot parse, and then the samples after it follow.
+    """
+    rest = counter.bytes_from(end)
+    unknown = rest is None  # cannot happen with tarfile's read-ahead; treat it as damage, not as clean
+    return counter.drain() or unknown or rest.count(0) != len(rest)
 
 
 def expected_keys(fs, shard: str) -> list[str] | None:
@@ -170,9 +202,8 @@ def read_shard(fs, shard: str) -> Iterator[Sample | Skip]:
                     members[suffix] = tar.extractfile(info).read()
                 end = tar.offset
             # A complete tar ends with two zero blocks after the last member; tarfile stops at the
-            # first one, or silently at a cut, so read the rest and count.
-            while counter.read(1 << 16):
-                pass
+            # first one, or silently at a cut or a corrupt header, so read the rest, count and look.
+            damaged = _has_data_after(counter, end)
             complete = counter.position >= end + 2 * _TAR_BLOCK
         except (tarfile.TarError, EOFError, OSError) as err:
             if key is not None:
@@ -185,6 +216,10 @@ def read_shard(fs, shard: str) -> Iterator[Sample | Skip]:
             yield _sample(shard, key, members)  # all of its bytes were read
         if not complete:
             yield from _lost(shard, expected, seen, "truncated tar: the archive ends without its end blocks")
+        elif damaged:
+            yield from _lost(shard, expected, seen,
+                             f"corrupt tar {f'after key {key}' if key else 'before its first sample'}: "
+                             f"an unreadable header at byte {end} of {shard}, and data after it")
         elif expected is not None:
             yield from _lost(shard, expected, seen, "listed in the .idx but not in the tar")
 

@@ -120,7 +120,7 @@ class Destination:
             temp.write_bytes(data)
 
     def publish(self, local: Path, name: str) -> None:
-        """Move the finished local file ``local`` to ``name`` atomically (upload it for S3)."""
+        """Move the finished local file ``local`` to ``name`` atomically and durably (upload it for S3)."""
         if self.remote:
             self.fs.put_file(str(local), self.uri(name))
             local.unlink()
@@ -155,7 +155,8 @@ class Destination:
 
 
 class _LocalTemp:
-    """``with _LocalTemp(target) as temp:`` write ``temp``; on success it is renamed to ``target``."""
+    """``with _LocalTemp(target) as temp:`` write ``temp``; on success it is fsynced, renamed to
+    ``target``, and the rename flushed (the folder fsynced) before the ``with`` block returns."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -167,6 +168,19 @@ class _LocalTemp:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            # Durable before visible, and visible before whatever the caller writes next: after a
+            # power loss an .idx must never sit beside a tar whose bytes (or name) did not reach disk.
+            _fsync(self.temp)
             os.replace(self.temp, self.target)
+            _fsync(self.target.parent)
         else:
             self.temp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

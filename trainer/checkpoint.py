@@ -8,11 +8,19 @@ Layout under ``root``::
         rng-rank0.pt ...       each rank's RNG states (ranks draw different noise)
     latest                     the newest complete name, for people and tools
     .partial-step-000000130/   a save in progress, or what a crash left behind
+    .old-step-000000120/       the copy a re-save of step 120 replaces, until the new one is in place
+    .deleting-step-000000100/  a pruned checkpoint being deleted
 
 Every rank writes into the ``.partial-`` folder; when all have finished, rank 0 renames it to its final
 name. A rename within one file system is atomic, so readers (and a resumed run) only ever see complete
 checkpoints; a crash mid-save leaves a ``.partial-`` folder that the next save deletes. Loading looks
 for the highest complete ``step-*`` folder, so it does not depend on ``latest`` having been written.
+
+Re-saving a step that exists (the epoch-end save of a step a periodic save just wrote, after a resume)
+moves the old copy aside first and deletes it only once the new one is in place: a crash in between
+leaves the ``.old-`` copy, which counts as that step until the next save renames it back. Pruning
+renames a checkpoint to ``.deleting-`` before deleting it, so a crash mid-delete never leaves a
+``step-*`` folder with ``trainer.pt`` but half of its engine files.
 """
 from __future__ import annotations
 
@@ -28,6 +36,9 @@ import torch
 from trainer import distributed as dist
 
 _NAME = re.compile(r"^step-(\d{9})$")
+_RNG = re.compile(r"^rng-rank\d+\.pt$")
+_ASIDE = ".old-"        # prefix of a replaced copy, kept until its replacement is in place
+_DELETING = ".deleting-"  # prefix of a pruned checkpoint whose files are being deleted
 TRAINER_FILE = "trainer.pt"
 
 
@@ -36,12 +47,21 @@ def checkpoint_name(step: int) -> str:
 
 
 def complete_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+    """Complete checkpoints under ``root``, oldest first (a lone ``.old-`` copy stands for its step)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / TRAINER_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    found = {p.name: p for p in root.iterdir() if _NAME.match(p.name) and _is_complete(p)}
+    for aside in root.glob(f"{_ASIDE}step-*"):
+        name = aside.name[len(_ASIDE):]
+        # A crash while re-saving left only the old copy: it is still that step's checkpoint.
+        if _NAME.match(name) and name not in found and not (root / name).exists() and _is_complete(aside):
+            found[name] = aside
+    return [found[name] for name in sorted(found)]
+
+
+def _is_complete(folder: Path) -> bool:
+    return folder.is_dir() and (folder / TRAINER_FILE).is_file()
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -62,6 +82,7 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
     staging = root / f".partial-{final.name}"
     if dist.is_main():
         root.mkdir(parents=True, exist_ok=True)
+        _restore_aside(root)
         shutil.rmtree(staging, ignore_errors=True)  # a crashed save of the same step
         staging.mkdir()
     dist.barrier()
@@ -70,23 +91,74 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
     dist.barrier()  # every rank's shards are on disk before rank 0 seals the folder
     if dist.is_main():
         _write(staging / TRAINER_FILE, trainer_state)
-        if final.exists():  # re-saving a step after a resume: replace the old copy
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_dir(root)
+        _replace(staging, final)
         _write_text(root / "latest", final.name + "\n")
         prune(root, keep)
     dist.barrier()
     return final
 
 
+def reuse_engine_files(source: str | Path) -> Callable[[Path], None]:
+    """A ``write_engines`` for ``save`` that hard-links (or, where links fail, copies) the engine
+    files of checkpoint ``source`` instead of writing them again: for a re-save of ``source``'s step
+    whose engines have not changed. Rank 0 links every file; ``save`` still writes each rank's RNG."""
+    source = Path(source)
+
+    def write(folder: Path) -> None:
+        if not dist.is_main():
+            return
+        for entry in source.iterdir():
+            if entry.name == TRAINER_FILE or _RNG.match(entry.name):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, folder / entry.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, folder / entry.name)
+    return write
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)  # no bytes copied: the old folder is deleted right after, its files live on here
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _replace(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``; an existing ``final`` is moved aside first and deleted last,
+    so that at every moment one complete copy of the step exists."""
+    aside = final.with_name(_ASIDE + final.name)
+    if final.exists():  # re-saving a step (the epoch-end save of a periodic save's step, a resume)
+        shutil.rmtree(aside, ignore_errors=True)  # a stale one: final is complete, so it is not needed
+        os.replace(final, aside)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _restore_aside(root: Path) -> None:
+    """Undo what a crash mid-re-save left: a lone ``.old-`` copy becomes its step again, one whose
+    replacement made it into place is deleted."""
+    for aside in root.glob(f"{_ASIDE}step-*"):
+        final = root / aside.name[len(_ASIDE):]
+        if final.exists() or not _is_complete(aside):
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, final)
+            _fsync_dir(root)
+
+
 def prune(root: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` complete checkpoints, and leftovers of crashed saves."""
     root = Path(root)
     for old in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for partial in root.glob(".partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)
+        # Renamed first: a crash mid-delete must not leave a step-* folder that looks complete.
+        doomed = root / f"{_DELETING}{old.name.removeprefix(_ASIDE)}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(old, doomed)
+    _fsync_dir(root)
+    for leftover in [*root.glob(".partial-*"), *root.glob(f"{_DELETING}*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:

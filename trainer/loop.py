@@ -36,6 +36,9 @@ from trainer.tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
+_FLUSH_AT_SAVE_S = 5.0
+"""Longest wait for the tracking server at a checkpoint (see ``_Run.save``)."""
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a non-finite loss; the message names the terms."""
@@ -86,7 +89,7 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
             run.progress.epoch, run.progress.batch = epoch + 1, 0
             run.save()
         run.log_sample(cfg.train.epochs)
-        exported = _export(cfg, run.last_save, run.label_channels, run.generator)
+        exported = _export(cfg, run.last_save, run.label_channels)
         if exported is not None:
             run.tracker.set_tag("export", str(exported.resolve()))
         status = "FINISHED"
@@ -192,11 +195,31 @@ class _Run:
 
     def save(self) -> None:
         """Checkpoint, unless the last step was skipped: the update before a non-finite loss may have
-        poisoned the weights, and the last good checkpoint must stay the newest."""
-        if not self.progress.bad_in_row:
-            self.last_save = _save(self.cfg, self.engines, self.progress, self.tracker, self.stage)
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.last_save, self.last_losses)
+        poisoned the weights, and the last good checkpoint must stay the newest.
+
+        When only the data position moved since the last save (the epoch-end save right after a
+        periodic save of the same step, or after a resume at an epoch's last batch), the engines are
+        not written again: the new checkpoint of that step links the last one's engine files. It is
+        still a full ``checkpoint.save`` (a new position and RNG, sealed atomically, and one save
+        per call for whoever counts them: the cluster worker reports each save to Ray).
+        """
+        if self.progress.bad_in_row:
+            return
+        # Metrics up to a checkpoint go out with it: a worker lost after this save restarts from it,
+        # and its buffered metrics would be gone. The wait is short so that a hung tracking server
+        # cannot stall training; it also makes the run id known before the state records it.
+        self.tracker.flush(timeout_s=_FLUSH_AT_SAVE_S)
+        state = _trainer_state(self.cfg, self.engines, self.progress, self.tracker, self.stage)
+        write_engines = self.engines.save
+        # Rank 0's choice for all: ranks' states can differ (only rank 0's tracker knows the run id),
+        # and a rank writing engines that the others link would hang DeepSpeed's collective save.
+        if dist.broadcast(_only_position_moved(self.last_save, self.progress.step, state)):
+            write_engines = checkpoint.reuse_engine_files(self.last_save)
+        self.last_save = checkpoint.save(self.cfg.checkpoint.dir, self.progress.step, state, write_engines,
+                                         self.cfg.checkpoint.keep)
+        self.tracker.set_tag("checkpoint", str(self.last_save.resolve()))
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last_save, self.last_losses)
 
     def log_sample(self, epoch: int) -> None:
         if self.stage is not None and self.sample_batch is not None:
@@ -259,7 +282,7 @@ def _agreed_batches(loader, limit: int) -> Iterator[Any]:
     try:
         while not limit or count < limit:
             batch = next(batches, None)
-            have = torch.tensor([0 if batch is None else 1])
+            have = torch.tensor([0 if batch is None else 1], device=dist.device())  # NCCL: no CPU tensors
             if dist.world_size() > 1:
                 tdist.all_reduce(have, op=tdist.ReduceOp.MIN)
             if not have.item():
@@ -287,14 +310,27 @@ def _count_bad(result: ChunkResult, progress: Progress, limit: int) -> None:
             f"The last checkpoint is left as it was.")
 
 
-def _save(cfg: Config, engines: engines_mod.Engines, progress: Progress, tracker, stage: Stage) -> Path:
+def _trainer_state(cfg: Config, engines: engines_mod.Engines, progress: Progress, tracker, stage: Stage
+                   ) -> dict[str, Any]:
+    """What ``trainer.pt`` holds (the same on every rank; rank 0's is written)."""
     progress.run_id = tracker.run_id or progress.run_id
     checksum = _check_ranks_agree(engines)
-    state = {"progress": dataclasses.asdict(progress), "config": to_dict(cfg), "stage": dataclasses.asdict(stage),
-             "world_size": dist.world_size(), "param_checksum": checksum}
-    path = checkpoint.save(cfg.checkpoint.dir, progress.step, state, engines.save, cfg.checkpoint.keep)
-    tracker.set_tag("checkpoint", str(path.resolve()))
-    return path
+    return {"progress": dataclasses.asdict(progress), "config": to_dict(cfg), "stage": dataclasses.asdict(stage),
+            "world_size": dist.world_size(), "param_checksum": checksum}
+
+
+_POSITION = ("epoch", "batch")
+
+
+def _only_position_moved(last: Path | None, step: int, state: dict[str, Any]) -> bool:
+    """True when checkpoint ``last`` is of ``step`` and differs from ``state`` in the data position only."""
+    if last is None or last.name != checkpoint.checkpoint_name(step) or not last.is_dir():
+        return False
+    return _without_position(checkpoint.load_trainer_state(last)) == _without_position(state)
+
+
+def _without_position(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "progress": {k: v for k, v in state["progress"].items() if k not in _POSITION}}
 
 
 def _check_ranks_agree(engines: engines_mod.Engines) -> list[float]:
@@ -310,13 +346,16 @@ def _check_ranks_agree(engines: engines_mod.Engines) -> list[float]:
     return sums
 
 
-def _export(cfg: Config, folder: Path | None, label_channels: int, generator) -> Path | None:
+def _export(cfg: Config, folder: Path | None, label_channels: int) -> Path | None:
     if folder is None:
         return None
     out = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
     if dist.is_main():
+        # The scales of the checkpoint's stage, not the live model's: the last save may predate a
+        # stage change (saves are skipped after a non-finite step).
+        active_scales = checkpoint.load_trainer_state(folder)["stage"]["scale"] + 1
         export_generator(folder, out, zero_stage=cfg.train.generator.zero_stage, model_config=to_dict(cfg.model),
-                         label_channels=label_channels, active_scales=generator.active_scales)
+                         label_channels=label_channels, active_scales=active_scales)
     dist.barrier()
     return out
 

@@ -165,7 +165,9 @@ def _flow_inputs(outs: list[Any], rgb: Tensor, flow: Tensor, conf: Tensor, start
 def _non_finite(terms: dict[str, Tensor]) -> list[str]:
     """Names of non-finite terms on any rank (the same list on every rank)."""
     names = sorted(terms)
-    flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names])
+    # On dist.device(): NCCL (the GPU backend) refuses CPU tensors in a collective.
+    flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names],
+                         device=dist.device())
     if dist.world_size() > 1:
         tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
     return [n for n, f in zip(names, flags.tolist()) if f]

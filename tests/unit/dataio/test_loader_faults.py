@@ -98,6 +98,31 @@ def test_tar_cut_between_samples_is_caught_too(packed: DataConfig, tmp_path: Pat
     assert [s.key for s in loader.stats.skips] == ["<rest of shard>"]
 
 
+def test_corrupt_header_mid_tar_is_not_taken_for_the_end(packed: DataConfig, tmp_path: Path) -> None:
+    """tarfile stops silently at a header it cannot parse; the rest of the tar must not vanish unseen."""
+    cfg = copy_of(packed, tmp_path, batch_size=1)
+    shard = Path(cfg.shards) / "train-000002.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    first = members[0].name.split(".")[0]
+    second = next(m for m in members if not m.name.startswith(first))
+    data = bytearray(shard.read_bytes())
+    data[second.offset + 148:second.offset + 156] = b"9999999\0"  # the header's checksum field
+    shard.write_bytes(bytes(data))
+    loader, keys = load_all(cfg)
+    lost = second.name.split(".")[0]
+    assert [s.key for s in loader.stats.skips] == [lost] and lost not in keys and first in keys
+    assert "corrupt tar after key " + first in loader.stats.skips[0].reason
+    # Without the .idx the loss cannot be named, but it is still reported and counted.
+    shard.with_suffix(".idx").unlink()
+    items = list(reader.read_shard(fsspec.filesystem("file"), str(shard)))
+    assert [type(i).__name__ for i in items] == ["Sample", "Skip"] and items[0].key == first
+    assert items[1].key == "<rest of shard>" and items[1].shard == str(shard)
+    assert f"corrupt tar after key {first}" in items[1].reason
+    loader, _ = load_all(cfg)
+    assert [s.key for s in loader.stats.skips] == ["<rest of shard>"] and loader.stats.skipped == 1
+
+
 def test_undecodable_bytes_are_skipped_and_the_batch_refilled(packed: DataConfig, tmp_path: Path) -> None:
     cfg = copy_of(packed, tmp_path, batch_size=4)
     rng = np.random.default_rng(0)

@@ -80,3 +80,84 @@ def test_crash_mid_save_leaves_last_good_checkpoint(tmp_path: Path) -> None:
 
 def test_missing_root_has_no_checkpoint(tmp_path: Path) -> None:
     assert checkpoint.latest_checkpoint(tmp_path / "nope") is None
+
+
+def test_crash_while_replacing_a_step_keeps_the_old_copy(tmp_path: Path, monkeypatch) -> None:
+    """Re-saving a step (epoch-end save of a periodic save's step): a crash between moving the old copy
+    out and the new one in must leave that step loadable, and the next save puts it back."""
+    checkpoint.save(tmp_path, 100, {"epoch": 3}, write_engines, keep=3)
+    real_replace = checkpoint.os.replace
+
+    def crash_on_seal(src, dst):
+        if Path(src).name.startswith(".partial-") and Path(dst).name == "step-000000100":
+            raise KeyboardInterrupt("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_seal)
+    try:
+        checkpoint.save(tmp_path, 100, {"epoch": 4}, write_engines, keep=3)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest is not None and checkpoint.load_trainer_state(latest) == {"epoch": 3}
+    assert torch.equal(torch.load(latest / "generator" / "model.pt", weights_only=True)["w"], torch.arange(4.0))
+    checkpoint.save(tmp_path, 110, {"epoch": 5}, write_engines, keep=3)
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000100", "step-000000110"]
+    assert checkpoint.load_trainer_state(tmp_path / "step-000000100") == {"epoch": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000100", "step-000000110"]
+
+
+def test_crash_after_replacing_a_step_uses_the_new_copy(tmp_path: Path, monkeypatch) -> None:
+    checkpoint.save(tmp_path, 100, {"epoch": 3}, write_engines, keep=3)
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def crash_on_old(path, *args, **kwargs):
+        if Path(path).name.startswith(".old-") and Path(path).exists():
+            raise KeyboardInterrupt("simulated crash")
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", crash_on_old)
+    try:
+        checkpoint.save(tmp_path, 100, {"epoch": 4}, write_engines, keep=3)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000100"]
+    assert checkpoint.load_trainer_state(checkpoint.latest_checkpoint(tmp_path)) == {"epoch": 4}
+    checkpoint.save(tmp_path, 110, {"epoch": 5}, write_engines, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000100", "step-000000110"]
+    assert checkpoint.load_trainer_state(tmp_path / "step-000000100") == {"epoch": 4}
+
+
+def test_crash_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    checkpoint.save(tmp_path, 10, {"step": 10}, write_engines, keep=1)
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def dies_half_way(path, *args, **kwargs):
+        engine = Path(path) / "generator" / "model.pt"
+        if engine.exists():  # the folder being pruned: its engine file goes, then the process dies
+            engine.unlink()
+            raise KeyboardInterrupt("simulated crash")
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
+    try:
+        checkpoint.save(tmp_path, 20, {"step": 20}, write_engines, keep=1)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000020"]
+    checkpoint.save(tmp_path, 30, {"step": 30}, write_engines, keep=1)  # clears what the crash left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000030"]
+
+
+def test_reused_engine_files_are_linked_not_rewritten(tmp_path: Path) -> None:
+    first = checkpoint.save(tmp_path, 5, {"epoch": 0, "batch": 2}, write_engines, keep=2)
+    inode = (first / "generator" / "model.pt").stat().st_ino
+    again = checkpoint.save(tmp_path, 5, {"epoch": 1, "batch": 0}, checkpoint.reuse_engine_files(first), keep=2)
+    assert again == first and checkpoint.load_trainer_state(again) == {"epoch": 1, "batch": 0}
+    assert (again / "generator" / "model.pt").stat().st_ino == inode
+    assert torch.equal(torch.load(again / "generator" / "model.pt", weights_only=True)["w"], torch.arange(4.0))
+    assert (again / "rng-rank0.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000005"]
