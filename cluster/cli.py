@@ -2,23 +2,39 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
 from trainer.config_tree import ConfigError
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""The embedded store `vid2vid train` uses by default (tracking.uri)."""
 
-def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = False, required_flag: bool = False) -> None:
     if required:
         parser.add_argument("config", help="YAML config file (see configs/)")
     else:
-        parser.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")
+        parser.add_argument("--config", default=None, required=required_flag,
+                            help="YAML config file" + ("" if required_flag else " (default: built-in defaults)"))
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="dotted overrides, e.g. data.clip_frames=8")
 
 
+def _add_address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="the cluster's job API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
+                             "an http $RAY_ADDRESS, else http://127.0.0.1:8265)")
+
+
+def _add_tracking_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+
+
 def _config(args: argparse.Namespace):
-    from trainer.config import load
+    from cluster.config import load
     return load(args.config, args.overrides)
 
 
@@ -45,7 +61,7 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
         overrides.append(f"data.shards={args.dest}")
     if args.skip_bad:
         overrides.append("data.pack.skip_bad=true")
-    from trainer.config import load
+    from cluster.config import load
     cfg = load(args.config, overrides)
     report = pack(cfg.data)
     print(report.summary())
@@ -56,6 +72,126 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from cluster.inspect import inspect_batch
     cfg = _config(args)
     print(inspect_batch(cfg.data, args.split, args.height, args.width, args.frames))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cluster.launch import train
+    overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if args.address else [])
+    from cluster.config import load
+    cfg = load(args.config, overrides)  # refused here, before Ray or any worker starts
+    result = train(cfg)
+    print(f"run '{cfg.cluster.name}' done: epoch {result.metrics.get('epoch')}, step {result.metrics.get('step')}")
+    from trainer.tracking import redact
+    print(f"  mlflow run:  {result.run_id or '-'} ({redact('uri', cfg.tracking.uri)})")
+    print(f"  checkpoint:  {result.checkpoint or '-'}")
+    print(f"  generator:   {result.export or '(on the cluster; publish with: vid2vid model publish --run RUN_ID)'}")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    from cluster.registry import publish
+    done = publish(_tracking_uri(args), args.name, args.alias, run_id=args.run, checkpoint=args.checkpoint)
+    print(f"published {done.name} version {done.version} (run {done.run_id})"
+          + (f" as {done.uri}" if done.alias else ""))
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from cluster.registry import format_models, list_models
+    print(format_models(list_models(_tracking_uri(args))))
+    return 0
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from cluster.registry import fetch
+    got = fetch(_tracking_uri(args), args.uri, args.dest)
+    print(f"{args.uri} (version {got.version}, run {got.run_id or '-'}):")
+    print(f"  model:   {got.model}")
+    print(f"  samples: {len(got.samples)} video(s)" + "".join(f"\n    {p}" for p in got.samples))
+    print(f"  config:  {got.config or '-'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cluster.generate import generate
+    os.environ.setdefault("MLFLOW_TRACKING_URI", _tracking_uri(args))
+    size = None
+    if args.height or args.width:
+        if not (args.height and args.width):
+            raise ValueError("--height and --width go together")
+        size = (args.height, args.width)
+    out = generate(args.model, args.labels, args.out, side_by_side=args.side_by_side, size=size, key=args.key,
+                   fps=args.fps, device=args.device)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster import jobs
+    spec = jobs.read_manifest(args.manifest)
+    job_id = jobs.submit(spec, args.overrides, args.address)
+    print(f"submitted {job_id} to {jobs.job_address(args.address)}: {jobs.with_overrides(spec.entrypoint, args.overrides)}")
+    if not args.wait:
+        print(f"follow it with: vid2vid jobs logs {job_id} --follow")
+        return 0
+    state = jobs.wait(job_id, args.address)
+    if state.status == "SUCCEEDED":
+        print(f"job {job_id} SUCCEEDED")
+        return 0
+    print(jobs.failure_summary(state, jobs.logs(job_id, args.address)), file=sys.stderr)
+    return 1
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from cluster import jobs
+    print(jobs.format_jobs(jobs.list_jobs(args.address)))
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    from cluster import jobs
+    state = jobs.status(args.job_id, args.address)
+    print(f"{state.job_id}: {state.status}" + (f" ({state.message.strip()})" if state.message.strip() else ""))
+    if state.status == "FAILED":
+        print(jobs.failure_summary(state, jobs.logs(args.job_id, args.address)), file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    from cluster import jobs
+    if args.follow:
+        jobs.follow(args.job_id, args.address)
+    else:
+        print(jobs.logs(args.job_id, args.address), end="")
+    return 0
+
+
+def cmd_jobs_stop(args: argparse.Namespace) -> int:
+    from cluster import jobs
+    state = jobs.stop(args.job_id, args.address)
+    print(f"{state.job_id}: {state.status}")
+    return 0 if state.status in jobs.TERMINAL else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import format_table, sweep
+    overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if args.address else [])
+    from cluster.config import load
+    cfg = load(args.config, overrides)
+    result = sweep(cfg)
+    print(format_table(result.rows, cfg.sweep.metric, result.best))
+    if result.best is None:
+        print("no trial finished with a finite metric: nothing published", file=sys.stderr)
+        return 1
+    print(f"best: {result.best.trial} ({cfg.sweep.metric} {result.best.metric:.4g}), MLflow run {result.best.run_id}"
+          f" under sweep run {result.parent_run_id or '-'}")
+    if result.published is not None:
+        print(f"published {result.published.uri} (version {result.published.version})")
     return 0
 
 
@@ -96,6 +232,71 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--frames", type=int, default=None, help="frames per clip (default: clip_frames)")
     inspect.set_defaults(func=cmd_data_inspect)
 
+    train = commands.add_parser("train", help="train through Ray Train (embedded local Ray, or a cluster)")
+    _add_config_args(train, required_flag=True)
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
+    train.set_defaults(func=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="Ray Tune search over config keys (ASHA), best generator published")
+    _add_config_args(sweep, required_flag=True)
+    sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    submit = commands.add_parser("submit", help="submit ray_job.yaml's entrypoint and runtime env to a Ray cluster")
+    submit.add_argument("manifest", help="a KubeRay RayJob manifest (ray_job.yaml)")
+    submit.add_argument("overrides", nargs="*", metavar="key.sub=value", help="appended to the entrypoint")
+    _add_address_arg(submit)
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it SUCCEEDED")
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = commands.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    jobs_list = jobs.add_parser("list", help="the cluster's jobs, newest first")
+    _add_address_arg(jobs_list)
+    jobs_list.set_defaults(func=cmd_jobs_list)
+    for action, helptext, func in (("status", "a job's status (and why it failed)", cmd_jobs_status),
+                                   ("logs", "a job's logs", cmd_jobs_logs),
+                                   ("stop", "stop a job and wait until it has stopped", cmd_jobs_stop)):
+        sub = jobs.add_parser(action, help=helptext)
+        sub.add_argument("job_id", help="submission id (vid2vid jobs list)")
+        _add_address_arg(sub)
+        if action == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        sub.set_defaults(func=func)
+
+    model = commands.add_parser("model", help="the model registry: publish, list, fetch").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    publish = model.add_parser("publish", help="register a trained generator as an MLflow model and alias it")
+    source = publish.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="MLflow run id of a `vid2vid train` run")
+    source.add_argument("--checkpoint", help="an exported generator.pt, a run's checkpoint folder or one step-* folder")
+    publish.add_argument("--name", required=True, help="registered model name")
+    publish.add_argument("--alias", default="champion", help="alias to point at the new version ('' for none)")
+    _add_tracking_arg(publish)
+    publish.set_defaults(func=cmd_model_publish)
+    listing = model.add_parser("list", help="registered models, versions and aliases")
+    _add_tracking_arg(listing)
+    listing.set_defaults(func=cmd_model_list)
+    fetch = model.add_parser("fetch", help="download a model with its run's sample videos and config")
+    fetch.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    fetch.add_argument("--dest", required=True, help="folder to write model/, samples/ and config.yaml into")
+    _add_tracking_arg(fetch)
+    fetch.set_defaults(func=cmd_model_fetch)
+
+    gen = commands.add_parser("generate", help="generate a video from label maps with a registered model")
+    gen.add_argument("--model", required=True, help="models:/NAME@ALIAS (or any MLflow model URI)")
+    gen.add_argument("--labels", required=True,
+                     help="a folder of PNG label maps (or a sequence folder), a label video, or a shard .tar")
+    gen.add_argument("--out", required=True, help="output .mp4")
+    gen.add_argument("--side-by-side", action="store_true", help="write labels | generated")
+    gen.add_argument("--key", help="sample key inside a shard (default: its first clip)")
+    gen.add_argument("--height", type=int, help="resize the labels to this height (with --width)")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+    _add_tracking_arg(gen)
+    gen.set_defaults(func=cmd_generate)
+
     demo = commands.add_parser("demo", help="the main job on one machine (see README)")
     _add_config_args(demo)
     demo.set_defaults(func=cmd_demo)
@@ -103,7 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (`submit job.yaml --wait key=value`), which argparse alone refuses
+    # once the positional list was consumed: take leftover key=value words as overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -118,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by bad input, reported in one line rather than a traceback."""
     errors: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in (("dataio.pack", "BadInputError"), ("dataio.pack", "SettingsMismatchError"),
+    for module, name in (("cluster.registry", "RegistryError"), ("cluster.jobs", "ManifestError"), ("cluster.generate", "LabelInputError"),
+                         ("cluster.launch", "TrainingFailed"), ("dataio.pack", "BadInputError"), ("dataio.pack", "SettingsMismatchError"),
                          ("dataio.video", "VideoError"), ("dataio.loader", "DataError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):

@@ -44,3 +44,26 @@ def test_config_error_is_one_line_with_exit_2(capsys: pytest.CaptureFixture) -> 
     assert main(["config", "show", "configs/demo.yaml", "data.loader.batch_size=two"]) == 2
     err = capsys.readouterr().err
     assert "data.loader.batch_size" in err and "Traceback" not in err
+
+
+def test_overrides_may_follow_options(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    # Reaches the manifest reader (a one-line error, exit 1), so the override after --wait was accepted.
+    assert main(["submit", str(tmp_path / "missing.yaml"), "--wait", "train.epochs=1"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["submit", str(tmp_path / "missing.yaml"), "--wait", "--bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_new_commands_are_there() -> None:
+    paths = _subcommands(build_parser())
+    for path in (["train"], ["submit"], ["jobs", "list"], ["jobs", "status"], ["jobs", "logs"], ["jobs", "stop"],
+                 ["sweep"], ["model", "publish"], ["model", "list"], ["model", "fetch"], ["generate"], ["demo"],
+                 ["data", "synth"], ["data", "inspect"]):
+        assert path in paths, path
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    code = "import sys, cluster.cli; print(sorted(m for m in ('torch', 'ray', 'mlflow', 'deepspeed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

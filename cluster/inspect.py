@@ -1,0 +1,31 @@
+"""`vid2vid data inspect`: one batch through the DALI loader, summarised for a person."""
+from __future__ import annotations
+
+from dataio.config import DataConfig
+
+
+def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = None,
+                  width: int | None = None, frames: int | None = None) -> str:
+    from dataio.loader import build_loader
+    from dataio.manifest import read_manifest
+
+    manifest = read_manifest(cfg.shards)
+    rows = [r for r in manifest if r["split"] == split]
+    if not rows:
+        raise FileNotFoundError(f"{cfg.shards}: no '{split}' samples in manifest.parquet")
+    height = height or rows[0]["height"]
+    width = width or rows[0]["width"]
+    frames = frames or cfg.clip_frames
+    loader = build_loader(cfg, height, width, frames, split=split)
+    batch = next(iter(loader))
+    lines = [f"{cfg.shards} [{split}]: {len(rows)} clips in {len({r['shard'] for r in rows})} shards, "
+             f"{rows[0]['classes']} classes",
+             f"batch of {len(batch.keys)}: {', '.join(batch.keys)}"]
+    for name in ("rgb", "labels", "flow", "flow_conf"):
+        t = getattr(batch, name)
+        lines.append(f"  {name:<9} {str(tuple(t.shape)):<24} {str(t.dtype):<14} "
+                     f"min {t.min().item():8.3f}  max {t.max().item():8.3f}  mean {t.float().mean().item():8.3f}")
+    present = batch.labels[:, :, :cfg.num_classes].sum(dim=(0, 1, 3, 4))
+    lines.append(f"  classes present: {[i for i, n in enumerate(present.tolist()) if n > 0]}")
+    lines.append(f"  loader stats: {loader.stats}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""`vid2vid train`: the trainer's loop on ``cluster.num_workers`` Ray Train workers.
+
+    validate (config, shards) -> create the MLflow store and experiment -> join / start Ray
+        -> TorchTrainer(worker.train_loop): gloo on CPU, NCCL on GPU; checkpoints reported to
+           ``storage_path/<name>``; FailureConfig(max_failures) restarts the group from the last one
+        -> the result: metrics, MLflow run, Ray checkpoint, exported generator
+
+Running the same command again (same ``cluster.name`` and ``storage_path``) resumes: Ray hands the
+workers the run's latest reported checkpoint (``worker.restore_reported_checkpoint``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cluster.config import RootConfig
+from cluster.ray_env import connected
+from trainer.config_tree import to_dict
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFailed(RuntimeError):
+    """The Ray Train run failed (after its allowed restarts); the message carries the worker's error."""
+
+
+@dataclass
+class LaunchResult:
+    run_id: str
+    """The training run in MLflow ('' with tracking off)."""
+    metrics: dict[str, Any]
+    """Rank 0's metrics at the last report (mean losses since the previous checkpoint, epoch, step)."""
+    checkpoint: str | None
+    """Ray's copy of the last checkpoint (a folder or an s3:// URI)."""
+    export: Path | None
+    """The exported generator, when this machine can see it (an embedded run)."""
+    checkpoint_dir: Path
+    """The trainer's checkpoint folder of this run (``checkpoint.dir/<cluster.name>``)."""
+
+
+def resolve(cfg: RootConfig, embedded: bool) -> RootConfig:
+    """The config the workers get: run-scoped checkpoint folder; for an embedded run, absolute paths.
+
+    The checkpoint folder gets the run name so that runs of other names never resume from it. Paths
+    become absolute only for an embedded run, where every worker shares the driver's file system; on a
+    cluster a relative path means the same place inside each node's copy of the job's working dir.
+    """
+    def local(path: str) -> str:
+        return path if "://" in path or not embedded else os.path.abspath(path)
+
+    checkpoint = dataclasses.replace(cfg.checkpoint, dir=local(os.path.join(cfg.checkpoint.dir, cfg.cluster.name)))
+    data = dataclasses.replace(cfg.data, shards=local(cfg.data.shards))
+    tracking = cfg.tracking
+    if embedded and tracking.uri.startswith("sqlite:///") and not tracking.uri.startswith("sqlite:////"):
+        tracking = dataclasses.replace(tracking, uri="sqlite:///" + os.path.abspath(tracking.uri[len("sqlite:///"):]))
+    loss = cfg.model.loss
+    if loss.vgg_weights:
+        loss = dataclasses.replace(loss, vgg_weights=local(loss.vgg_weights))
+    model = dataclasses.replace(cfg.model, loss=loss)
+    storage = cfg.cluster.storage_path
+    cluster = dataclasses.replace(cfg.cluster, storage_path=storage if "://" in storage else os.path.abspath(storage))
+    return dataclasses.replace(cfg, checkpoint=checkpoint, data=data, tracking=tracking, model=model, cluster=cluster)
+
+
+def check_ready(cfg: RootConfig) -> None:
+    """What would otherwise fail inside every worker: shards missing, or too few to split."""
+    from dataio.reader import list_shards, manifest_or_none
+
+    shards = list_shards(cfg.data.shards, "train", manifest_or_none(cfg.data.shards))
+    if len(shards) < cfg.cluster.num_workers:
+        raise ValueError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
+                         f"cluster.num_workers={cfg.cluster.num_workers} workers; pack with fewer "
+                         "data.pack.clips_per_shard or use fewer workers")
+    if cfg.tracking.enabled:
+        from trainer.tracking import prepare_store
+
+        # Once, here: workers creating a fresh sqlite store at the same time crash (PLATFORM.md).
+        prepare_store(cfg.tracking)
+
+
+def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()):
+    """The ``TorchTrainer`` of one training run of ``cfg`` (already resolved)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.worker import train_loop
+
+    cluster = cfg.cluster
+    resources = {"CPU": cluster.cpus_per_worker, **({"GPU": 1} if cluster.use_gpu else {})}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"config": to_dict(cfg), **(loop_config or {})},
+        scaling_config=ScalingConfig(num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        run_config=RunConfig(name=cluster.name, storage_path=cluster.storage_path,
+                             failure_config=FailureConfig(max_failures=cluster.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                             callbacks=list(callbacks)),
+    )
+
+
+def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()) -> LaunchResult:
+    """Run ``cfg`` (resolved) on the Ray that is already initialised; raise ``TrainingFailed``."""
+    from ray.train import TrainingFailedError
+
+    try:
+        result = torch_trainer(cfg, loop_config, callbacks).fit()
+    except TrainingFailedError as err:
+        raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)}") from err
+    metrics = dict(result.metrics or {})
+    export = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
+    return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
+                        checkpoint=result.checkpoint.path if result.checkpoint else None,
+                        export=export if export.is_file() else None, checkpoint_dir=Path(cfg.checkpoint.dir))
+
+
+def train(cfg: RootConfig) -> LaunchResult:
+    """`vid2vid train`: validate, prepare tracking, then train through Ray Train."""
+    from cluster.ray_env import target
+
+    resolved = resolve(cfg, target(cfg.cluster).embedded)
+    check_ready(resolved)
+    with connected(resolved.cluster):
+        return fit(resolved)
+
+
+def _first_line(err: BaseException) -> str:
+    """The worker's own error, not Ray's wrapper: the last line of the innermost traceback text."""
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]]
+    return (errors[-1] if errors else lines[-1] if lines else type(err).__name__).strip()[:500]

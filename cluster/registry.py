@@ -1,0 +1,308 @@
+"""The MLflow model registry: publish a trained generator, list models, fetch one with its run's files.
+
+A published version is the exported generator wrapped as ``cluster.video_model.VideoGenerator`` and
+logged with MLflow's PyTorch flavour into the training run (so the run's sample videos and config sit
+beside it), registered under a name and pointed at by an alias (``champion``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.tracking import configure_client, redact
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "generator"
+"""Artifact name of the logged model inside its run."""
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+"""MLflow refuses to unpickle a model unless this is true (see video_model.py for why it is pickled)."""
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class RegistryError(ValueError):
+    """A model, run or checkpoint that cannot be published or fetched; the message names it."""
+
+
+@dataclass
+class Published:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+@dataclass
+class Source:
+    """What a publish needs: the exported generator file, the resolved config, the run to log into."""
+    export: Path
+    config: dict[str, Any]
+    run_id: str
+    """'' when no run of this tracking store is known: a new run is created."""
+
+
+def parse_models_uri(uri: str) -> tuple[str, str, str]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise RegistryError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match["name"], match["alias"] or "", match["version"] or ""
+
+
+def source_from_run(client, run_id: str, workdir: Path) -> Source:
+    """The export and config that ``vid2vid train`` logged to run ``run_id`` (``cluster.worker``)."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise RegistryError(f"run {run_id}: not found in the tracking store ({err.error_code})") from None
+    try:
+        export = Path(client.download_artifacts(run_id, "export/generator.pt", str(workdir)))
+    except (MlflowException, OSError):
+        # A run trained by the trainer alone (torchrun) has only a tag with the export's path.
+        export = Path(run.data.tags.get("export", ""))
+        if not run.data.tags.get("export") or not export.is_file():
+            raise RegistryError(f"run {run_id} has no exported generator (no artifact export/generator.pt, "
+                                f"and its 'export' tag {run.data.tags.get('export')!r} is not a file here)") from None
+    try:
+        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(workdir))).read_text())
+    except (MlflowException, OSError):
+        config = _config_from_params(run.data.params)
+    return Source(export, config, run_id)
+
+
+def source_from_checkpoint(path: Path, workdir: Path) -> Source:
+    """An exported ``generator.pt``; a run's checkpoint folder (its ``export/generator.pt``); or one
+    ``step-*`` checkpoint, exported here."""
+    from trainer.checkpoint import TRAINER_FILE, latest_checkpoint, load_trainer_state
+
+    path = Path(path)
+    if path.is_file():
+        # An export knows its label channels, not how many are classes: that is in the run's config,
+        # in the checkpoints beside it (``<dir>/export/generator.pt``).
+        beside = latest_checkpoint(path.parent.parent) if path.parent.name == "export" else None
+        if beside is None:
+            raise RegistryError(f"checkpoint {path}: an export without its checkpoint folder beside it; "
+                                "publish the checkpoint folder (it holds the config) instead")
+        state = load_trainer_state(beside)
+        return Source(path, state["config"], state["progress"].get("run_id", ""))
+    if not path.is_dir():
+        raise RegistryError(f"checkpoint {path}: no such file or folder")
+    step = path if (path / TRAINER_FILE).is_file() else latest_checkpoint(path)
+    if step is None:
+        raise RegistryError(f"checkpoint {path}: neither a checkpoint ({TRAINER_FILE}) nor a folder of them")
+    state = load_trainer_state(step)
+    config, run_id = state["config"], state["progress"].get("run_id", "")
+    export = step.parent / "export" / "generator.pt"
+    if step != latest_checkpoint(step.parent) or not export.is_file():
+        export = _export_step(step, state, workdir)
+    return Source(export, config, run_id)
+
+
+def _export_step(step: Path, state: dict[str, Any], workdir: Path) -> Path:
+    """Consolidate one checkpoint's generator (any ZeRO stage) into an export file."""
+    from dataio.reader import layout, list_shards, manifest_or_none
+    from models.build import label_channels
+    from trainer.export import export_generator
+
+    config = state["config"]
+    shards = config["data"]["shards"]
+    # Label channels are a property of the data (classes, plus edges when the shards carry them).
+    manifest = manifest_or_none(shards)
+    found = layout(shards, "train", list_shards(shards, "train", manifest), manifest)
+    channels = 3 + int(found.has_edges) if found.label_kind == "rgb" else label_channels(
+        config["data"]["num_classes"], found.has_edges)
+    return export_generator(step, workdir / "generator.pt", zero_stage=config["train"]["generator"]["zero_stage"],
+                            model_config=config["model"], label_channels=channels,
+                            active_scales=state["stage"]["scale"] + 1)
+
+
+def video_model(export: Path, config: dict[str, Any]):
+    """The export as a ``VideoGenerator`` (label classes and kind from the run's data config)."""
+    from cluster.video_model import VideoGenerator
+    from trainer.export import load_generator
+
+    data = config.get("data", {})
+    generator = load_generator(export)
+    kind = data.get("pack", {}).get("label_kind", "classes")
+    num_classes = int(data.get("num_classes", generator.label_channels))
+    return VideoGenerator(generator, num_classes, kind)
+
+
+def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: str | None = None,
+            checkpoint: str | Path | None = None, experiment: str = "vid2vid") -> Published:
+    """Log the generator of ``run_id`` (or ``checkpoint``) as an MLflow model, register it, alias it."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    if (run_id is None) == (checkpoint is None):
+        raise RegistryError("publish needs exactly one of a run id or a checkpoint path")
+    configure_client()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="vid2vid-publish-") as tmp:
+        source = (source_from_run(client, run_id, Path(tmp)) if run_id is not None
+                  else source_from_checkpoint(Path(checkpoint), Path(tmp)))
+        if source.run_id and not _run_exists(client, source.run_id):
+            log.warning("run %s of the checkpoint is not in %s: logging to a new run", source.run_id,
+                        redact("uri", tracking_uri))
+            source.run_id = ""
+        model = video_model(source.export, source.config)
+        signature, example = _signature(model)
+        mlflow.set_tracking_uri(tracking_uri)
+        if not source.run_id:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            source.run_id = client.create_run(experiment_id, run_name=f"publish-{name}").info.run_id
+            if source.config:
+                from cluster.worker import redacted_yaml
+                client.log_text(source.run_id, redacted_yaml(source.config), "config.yaml")
+            client.set_terminated(source.run_id)
+        with mlflow.start_run(run_id=source.run_id):
+            info = mlflow.pytorch.log_model(
+                model, name=MODEL_NAME, signature=signature, input_example=example,
+                registered_model_name=name, serialization_format="pickle",
+                code_paths=[str(REPO / "cluster"), str(REPO / "models")],
+                pip_requirements=_requirements(),
+                metadata={"num_classes": model.num_classes, "label_kind": model.label_kind,
+                          "label_channels": model.label_channels, "has_edges": model.has_edges,
+                          "size_multiple": model.divisor})
+    version = str(info.registered_model_version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return Published(name, version, alias, source.run_id)
+
+
+def _signature(model) -> tuple[Any, Any]:
+    """-1 on batch, frames, height and width; the example is the smallest clip the model takes."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    # Twice the size multiple: at the multiple itself the bottleneck is 1x1, where instance norm fails.
+    channels, side = model.label_channels, 2 * model.divisor
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, channels, -1, -1))])
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1, 3))])
+    example = np.zeros((1, 2, channels, side, side), np.float32)
+    example[:, :, 0] = 1.0  # every pixel class 0
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+def _requirements() -> list[str]:
+    """Pinned as installed here (explicit requirements also save MLflow 8-25 s of inference)."""
+    from importlib.metadata import version
+
+    torch_version = version("torch").split("+")[0]
+    return [f"torch=={torch_version}", f"numpy=={version('numpy')}", f"mlflow=={version('mlflow')}"]
+
+
+def _run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """The data section rebuilt from a run's params (runs without a config.yaml artifact)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    for key in ("num_classes",):
+        if f"data.{key}" in params:
+            data[key] = yaml.safe_load(params[f"data.{key}"])
+    if "data.pack.label_kind" in params:
+        data["pack"] = {"label_kind": params["data.pack.label_kind"]}
+    return {"data": data}
+
+
+@dataclass
+class ModelRow:
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str
+    created: str
+
+
+def list_models(tracking_uri: str) -> list[ModelRow]:
+    """Every version of every registered model, newest first within a model."""
+    from datetime import datetime, timezone
+
+    from mlflow.tracking import MlflowClient
+
+    configure_client()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rows = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, number in (model.aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
+        for version in sorted(client.search_model_versions(f"name='{model.name}'"),
+                              key=lambda v: int(v.version), reverse=True):
+            created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc)
+            rows.append(ModelRow(model.name, str(version.version), sorted(aliases.get(str(version.version), [])),
+                                 version.run_id or "", created.strftime("%Y-%m-%d %H:%M")))
+    return rows
+
+
+def format_models(rows: list[ModelRow]) -> str:
+    if not rows:
+        return "no registered models"
+    header = ("NAME", "VERSION", "ALIASES", "RUN", "CREATED (UTC)")
+    table = [header] + [(r.name, r.version, ",".join(r.aliases) or "-", r.run_id or "-", r.created) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+@dataclass
+class Fetched:
+    model: Path
+    samples: list[Path]
+    config: Path | None
+    run_id: str
+    version: str
+
+
+def fetch(tracking_uri: str, uri: str, dest: str | Path) -> Fetched:
+    """``models:/NAME@ALIAS`` into ``dest/model``, with its run's ``samples/`` and ``config.yaml``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    configure_client()
+    name, alias, version = parse_models_uri(uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as err:
+        raise RegistryError(f"{uri}: not in the registry at {redact('uri', tracking_uri)} ({err.error_code})") from None
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    model = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{found.version}",
+                                                     dst_path=str(dest / "model")))
+    samples: list[Path] = []
+    config = None
+    if found.run_id:
+        names = {a.path for a in client.list_artifacts(found.run_id)}
+        if "samples" in names:
+            folder = Path(client.download_artifacts(found.run_id, "samples", str(dest)))
+            samples = sorted(folder.glob("*.mp4"))
+        if "config.yaml" in names:
+            config = Path(client.download_artifacts(found.run_id, "config.yaml", str(dest)))
+    return Fetched(model, samples, config, found.run_id or "", str(found.version))
