@@ -30,4 +30,4 @@ bench: setup
 	$(BIN)/python benchmarks/decode.py
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data checkpoints out mlflow.db mlruns
