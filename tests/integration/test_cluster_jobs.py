@@ -15,21 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from live_servers import free_port, wait_for_http
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def env(home: Path) -> dict[str, str]:
@@ -60,18 +54,7 @@ def head():
          "--num-cpus", "3", "--temp-dir", str(root / "ray"), "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, env=env(home), start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"ray head did not start: {(root / 'head.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    wait_for_http(proc, f"{address}/api/version", root / "head.log", "ray head", timeout_s=120)
     yield {"address": address, "root": root, "home": home}
     os.killpg(proc.pid, signal.SIGTERM)
     try:

@@ -8,58 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from live_servers import start_mlflow_server, stop_group
 from trainer.config import TrackingConfig
 from trainer.tracking import Tracker, redact
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    """``mlflow server`` with one worker and no job runner (2 processes, ready in seconds)."""
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    log = open(root / f"server-{time.monotonic_ns()}.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 90
-    import urllib.request
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            break
-    stop_server(proc)
-    pytest.fail(f"mlflow server did not start: {Path(log.name).read_text()[-2000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Stop the server and its worker (its own process group, which only it and its children hold)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def history(uri: str, run_id: str, key: str) -> list[int]:
@@ -71,9 +27,7 @@ def test_training_survives_a_hung_server(tmp_path: Path, caplog: pytest.LogCaptu
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.WARNING, logger="trainer.tracking")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
+    server, uri = start_mlflow_server(tmp_path)
     try:
         cfg = TrackingConfig(uri=uri, experiment="survive", run_name="r1", flush_every_s=0.2)
         tracker = Tracker(cfg, {"train.lr": 2e-4, "data.secret_key": "hunter2",
@@ -109,7 +63,7 @@ def test_training_survives_a_hung_server(tmp_path: Path, caplog: pytest.LogCaptu
         assert "hunter2" not in run.data.params["tracking.uri"]
         assert "hunter2" not in caplog.text
     finally:
-        stop_server(server)
+        stop_group(server)
 
 
 def test_redact() -> None:
