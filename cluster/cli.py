@@ -119,7 +119,7 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from cluster.generate import generate
-    os.environ.setdefault("MLFLOW_TRACKING_URI", _tracking_uri(args))
+    os.environ["MLFLOW_TRACKING_URI"] = _tracking_uri(args)  # where models:/ URIs resolve
     size = None
     if args.height or args.width:
         if not (args.height and args.width):
@@ -128,6 +128,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = generate(args.model, args.labels, args.out, side_by_side=args.side_by_side, size=size, key=args.key,
                    fps=args.fps, device=args.device)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cluster.config import load
+    from cluster.evaluate import run_eval
+    flags = {"data.shards": args.data, "eval.frames": args.frames, "eval.split": args.split,
+             "eval.max_clips": args.max_clips, "eval.device": args.device}
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = load(args.config, overrides)
+    os.environ["MLFLOW_TRACKING_URI"] = _tracking_uri(args)  # where models:/ URIs resolve
+    result = run_eval(cfg, args.model, args.out, video=args.video, run_id=args.run,
+                      tracking_uri=_tracking_uri(args))
+    print(result.summary)
+    print(f"wrote {result.report_path} and {result.video_path}"
+          + (f"; logged to MLflow run {result.run_id}" if result.run_id else ""))
     return 0
 
 
@@ -297,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_arg(gen)
     gen.set_defaults(func=cmd_generate)
 
+    evaluate = commands.add_parser("eval", help="score a generator on a shard set: PSNR, SSIM, warping error, "
+                                                "FID/FVD; JSON report + worst/best video")
+    evaluate.add_argument("--model", required=True,
+                          help="models:/NAME@ALIAS (any MLflow model URI), or a checkpoint: an exported "
+                               "generator.pt, a run's checkpoint folder or one step-* folder")
+    evaluate.add_argument("--data", help="shard location, a folder or s3://bucket/prefix (data.shards)")
+    evaluate.add_argument("--frames", type=int, help="frames per clip from the first (eval.frames; default: all)")
+    evaluate.add_argument("--split", choices=("val", "train"), help="manifest split to score (eval.split; default val)")
+    evaluate.add_argument("--max-clips", type=int, help="score only the first N clips (eval.max_clips)")
+    evaluate.add_argument("--out", default="eval/report.json", help="JSON report (default: eval/report.json)")
+    evaluate.add_argument("--video", help="worst (top) / best (bottom) side-by-side mp4 (default: beside --out)")
+    evaluate.add_argument("--run", help="MLflow run id to log the metrics, report and video to")
+    evaluate.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (eval.device)")
+    _add_tracking_arg(evaluate)
+    _add_config_args(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
     demo = commands.add_parser("demo", help="the main job on one machine (see README)")
     _add_config_args(demo)
     demo.set_defaults(func=cmd_demo)
@@ -327,6 +360,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by bad input, reported in one line rather than a traceback."""
     errors: list[type[BaseException]] = [FileNotFoundError]
     for module, name in (("cluster.registry", "RegistryError"), ("cluster.jobs", "ManifestError"), ("cluster.generate", "LabelInputError"),
+                         ("cluster.evaluate", "EvalInputError"),
                          ("cluster.launch", "TrainingFailed"), ("dataio.pack", "BadInputError"), ("dataio.pack", "SettingsMismatchError"),
                          ("dataio.video", "VideoError"), ("dataio.loader", "DataError")):
         mod = sys.modules.get(module)

@@ -23,8 +23,8 @@ Design (the why; numbers from this machine, 2 cores, no GPU, see ``benchmarks/de
   edge and flow streams alike. Keying it on the sample rather than its position makes it
   independent of read order and of retries after a decode error. The shard order is drawn from
   ``(seed, epoch)`` (the same on every rank, which then takes every ``world_size``-th shard) and the
-  shuffle buffer from ``(seed, epoch, rank)``. ``split != "train"`` gets no augmentation and no
-  shuffle: the full frame (centre box of the output's aspect), frames ``[0, T)``, shard order.
+  shuffle buffer from ``(seed, epoch, rank)``. ``split != "train"`` (or ``augment=False``, for
+  evaluating training clips) gets no augmentation and no shuffle: the full frame (centre box of the output's aspect), frames ``[0, T)``, shard order.
 - **Flow** is dequantized, scaled by the resize factor and negated in x for a mirrored sample.
   ``flow[:, 0]`` and ``flow_conf[:, 0]`` are zero, as in the shard format: the frame before the
   window's first frame is not in the batch.
@@ -95,7 +95,8 @@ class LoaderStats:
 
 
 def build_loader(cfg: DataConfig, height: int, width: int, frames: int, *, split: str = "train",
-                 rank: int = 0, world_size: int = 1, epoch_seed: int | None = None) -> ClipLoader:
+                 rank: int = 0, world_size: int = 1, epoch_seed: int | None = None,
+                 augment: bool | None = None) -> ClipLoader:
     """A loader of ``split`` clips at ``height`` x ``width`` x ``frames`` for one rank.
 
     ``epoch_seed`` is the epoch the first ``iter()`` draws its shuffle and augmentation from (the
@@ -122,14 +123,14 @@ def build_loader(cfg: DataConfig, height: int, width: int, frames: int, *, split
                      device=loader_cfg.device, label_device=loader_cfg.label_device,
                      device_id=device_id, seed=loader_cfg.seed)
     return ClipLoader(cfg, spec, shards, split=split, rank=rank, world_size=world_size,
-                      epoch=epoch_seed or 0)
+                      epoch=epoch_seed or 0, augment=augment)
 
 
 class ClipLoader:
     """An iterable over one epoch of ``ClipBatch``es; each ``iter()`` starts the next epoch."""
 
     def __init__(self, cfg: DataConfig, spec: GraphSpec, shards: list[str], *, split: str,
-                 rank: int, world_size: int, epoch: int) -> None:
+                 rank: int, world_size: int, epoch: int, augment: bool | None = None) -> None:
         reader.shards_for_rank(shards, rank, world_size, 0, 0, False)  # refuses a bad split now
         self.cfg, self.spec, self.shards = cfg, spec, shards
         self.split, self.rank, self.world_size = split, rank, world_size
@@ -137,7 +138,8 @@ class ClipLoader:
         """The epoch the next ``iter()`` reads."""
         self.stats = LoaderStats()
         """The current (or last) epoch's counts."""
-        self.augment = split == "train"
+        self.augment = split == "train" if augment is None else augment
+        """Random windows, crops, flips and shuffling (training); else full frames from frame 0, in order."""
         self.device = torch.device("cuda", spec.device_id) if spec.device == "mixed" else torch.device("cpu")
         self._decoder = Decoder(spec)
         self._writer = Writer(spec, spec.threads)

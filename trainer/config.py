@@ -78,6 +78,11 @@ class TrainConfig:
     """Consecutive steps with a non-finite loss (each skipped and counted) before training stops."""
     log_every: int = 1
     """Steps between metric rows sent to tracking (they are batched anyway)."""
+    time_budget_s: float = 0.0
+    """Wall-clock seconds of training after which the run stops at the next batch boundary (all ranks
+    together), then saves, exports and ends as if its epochs were done; 0: no limit. Counted from the
+    start of this process's first epoch, so a resumed run gets the whole budget again. For comparisons
+    at equal training time (benchmarks/quality.py)."""
     generator: EngineConfig = field(default_factory=EngineConfig)
     discriminator: EngineConfig = field(default_factory=EngineConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -90,6 +95,8 @@ class TrainConfig:
                              f"got {self.epochs}, {self.decay_epochs}")
         if self.steps_per_epoch < 0 or self.frames_per_step < 1 or self.max_bad_steps < 1 or self.log_every < 1:
             raise ValueError("steps_per_epoch must be >= 0; frames_per_step, max_bad_steps, log_every >= 1")
+        if not self.time_budget_s >= 0:
+            raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
 
 
 @dataclass
@@ -132,12 +139,46 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`vid2vid eval` and benchmarks/quality.py: which clips, at what size, with which feature networks."""
+    split: Literal["train", "val"] = "val"
+    """Manifest split whose clips are evaluated (all of them)."""
+    frames: int = 0
+    """Frames per clip, from the first; 0: the packed clip length."""
+    height: int = 0
+    """Evaluation size; 0: the packed size, rounded down to what the generator's scales need."""
+    width: int = 0
+    batch_size: int = 1
+    max_clips: int = 0
+    """Stop after this many clips; 0: every clip of the split."""
+    inception: str = ""
+    """Local TorchScript Inception for FID (StyleGAN2-ADA's ``inception-2015-12-05.pt`` for numbers
+    comparable with the literature, or any module mapping frames to features); empty: FID skipped."""
+    i3d: str = ""
+    """Local TorchScript I3D for FVD (StyleGAN-V's ``i3d_torchscript.pt``, or any module mapping clips to
+    features); empty: FVD skipped."""
+    device: str = "auto"
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+
+    def __post_init__(self) -> None:
+        if self.frames < 0 or self.height < 0 or self.width < 0 or self.max_clips < 0:
+            raise ValueError("frames, height, width and max_clips must be >= 0 (0: the default)")
+        if (self.height == 0) != (self.width == 0):
+            raise ValueError(f"set height and width together (got {self.height}x{self.width})")
+        if self.frames == 1:
+            raise ValueError("frames must be >= 2: temporal consistency needs a previous frame")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         # Cross-section limits: each section alone cannot see them.

@@ -83,11 +83,20 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
     run = _Run(cfg, on_checkpoint)
     status = "FAILED"
     try:
+        run.budget.start()
         for epoch in range(run.progress.epoch, cfg.train.epochs):
+            if dist.broadcast(run.budget.over()):
+                break
             run.enter_epoch(epoch)      # stage change? new loader / engines; learning rate
             run.train_epoch(epoch)      # D then G per chunk of frames, for every batch
+            if run.budget.spent:        # stopped mid-epoch: the checkpoint keeps the batch position
+                run.save()
+                break
             run.progress.epoch, run.progress.batch = epoch + 1, 0
             run.save()
+        if run.budget.spent:
+            log.info("time budget of %.0f s spent: stopped at epoch %d, batch %d, step %d", cfg.train.time_budget_s,
+                     run.progress.epoch, run.progress.batch, run.progress.step)
         run.log_sample(cfg.train.epochs)
         exported = _export(cfg, run.last_save, run.label_channels)
         if exported is not None:
@@ -138,6 +147,7 @@ class _Run:
         self.last_losses: dict[str, float] = {}
         self.sample_batch: Any = None
         self.lr_scale = 1.0
+        self.budget = TimeBudget(cfg.train.time_budget_s)
 
     def _resume(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
@@ -170,7 +180,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> None:
         cfg, progress = self.cfg, self.progress
         skip = progress.batch if epoch == progress.epoch else 0
-        for index, batch in enumerate(_agreed_batches(self.loader, cfg.train.steps_per_epoch)):
+        for index, batch in enumerate(_agreed_batches(self.loader, cfg.train.steps_per_epoch, self.budget)):
             if index < skip:
                 continue  # resumed mid-epoch: these batches were trained before the checkpoint
             started = time.perf_counter()
@@ -275,17 +285,40 @@ def _engines_for(stage: Stage, generator: nn.Module, discriminators: nn.Module,
     return engines_mod.Engines(engine, current.discriminator)
 
 
-def _agreed_batches(loader, limit: int) -> Iterator[Any]:
-    """The loader's batches while every rank still has one (shards may split unevenly), up to ``limit``."""
+class TimeBudget:
+    """``train.time_budget_s`` of wall-clock training; ``over()`` is this rank's clock, ``spent`` is set
+    once the ranks agreed to stop for it (``_agreed_batches``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+        self.spent = False
+
+    def start(self) -> None:
+        if self.seconds:
+            self.deadline = time.monotonic() + self.seconds
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def _agreed_batches(loader, limit: int, budget: TimeBudget | None = None) -> Iterator[Any]:
+    """The loader's batches while every rank still has one (shards may split unevenly), up to ``limit``,
+    until any rank's clock says the time budget is over (then ``budget.spent``)."""
     batches = iter(loader)
     count = 0
     try:
         while not limit or count < limit:
             batch = next(batches, None)
-            have = torch.tensor([0 if batch is None else 1], device=dist.device())  # NCCL: no CPU tensors
+            in_time = budget is None or not budget.over()
+            flags = torch.tensor([batch is not None, in_time], dtype=torch.int32, device=dist.device())  # NCCL: no CPU tensors
             if dist.world_size() > 1:
-                tdist.all_reduce(have, op=tdist.ReduceOp.MIN)
-            if not have.item():
+                tdist.all_reduce(flags, op=tdist.ReduceOp.MIN)
+            have, in_time = flags.tolist()
+            if not in_time:
+                budget.spent = True
+                return
+            if not have:
                 return
             count += 1
             yield batch
