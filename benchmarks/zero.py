@@ -1,14 +1,16 @@
 """ZeRO 0 vs 1 vs 2 at 2 ranks: GAN step time and per-rank optimizer-state bytes, relative to stage 0.
 
-    .venv/bin/python benchmarks/zero.py [--steps 3] [--height 32 --width 64] [--large-ngf 58]
+    .venv/bin/python benchmarks/zero.py [--steps 7] [--height 32 --width 64] [--large-ngf 58]
 
 Launches itself under ``torchrun --nproc_per_node 2`` (gloo on CPU, NCCL on GPUs). For the demo model
 (the defaults of ``models/config.py``, which configs/demo.yaml uses) and a larger one (generator and
-discriminator widths raised; the parameter ratio is printed), each stage gets fresh engines over the
-same initial weights and runs the real GAN step (``trainer.step.train_batch``: D then G per chunk) on
-random clips of T frames; the median step time over ``--steps`` timed steps (after one warm-up) is
-reported. Optimizer state per rank: Adam's moments (and step counters) held by the rank, and also the
-fp32 master partition ZeRO 1/2 keep beside the module's weights (stage 0 updates the weights in place).
+discriminator widths raised; the parameter ratio is printed), each stage gets its own engines over the
+same initial weights, all built up front, and runs the real GAN step (``trainer.step.train_batch``: D
+then G per chunk) on the same random clips of T frames, the stages taking turns step by step (load that
+drifts on a shared machine then hits every stage alike); the median step time over ``--steps`` timed
+steps (after one warm-up) is reported. Optimizer state per rank: Adam's moments (and step counters)
+held by the rank, and also the fp32 master partition ZeRO 1/2 keep beside the module's weights
+(stage 0 updates the weights in place).
 
 Goal at 2 ranks (issue 4): stage 2 at most 0.6 of stage 0's optimizer memory per rank and at most
 1.15x its step time.
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per stage (after 1 warm-up)")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per stage (after 1 warm-up)")
     parser.add_argument("--height", type=int, default=32)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--frames", type=int, default=2)
@@ -98,31 +100,38 @@ def worker(args: argparse.Namespace) -> None:
     channels = 9  # 8 classes + instance edges, as the demo data
     for name in args.models.split(","):
         cfg = models[name]
-        for stage in map(int, args.stages.split(",")):
+        stages = list(map(int, args.stages.split(",")))
+        runs = {}
+        for stage in stages:  # every stage's engines at once, over the same initial weights
             torch.manual_seed(0)
             nets = build_networks(cfg, channels)
             dis = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
-            params = count_parameters(nets.generator) + count_parameters(dis)
             ecfg = EngineConfig(zero_stage=stage)
-            pair = engines.Engines(engines.build(nets.generator, ecfg, 1), engines.build(dis, ecfg, 1))
-            settings = StepSettings(loss=cfg.loss, prev_frames=cfg.generator.prev_frames,
-                                    frames_per_step=args.frames, temporal_frames=cfg.discriminator.temporal_frames,
-                                    temporal_scales=cfg.discriminator.temporal_scales,
-                                    dtype=torch.bfloat16 if engines.precision(ecfg) == "bf16" else torch.float32)
-            times = []
-            for step in range(args.steps + 1):
-                batch = random_batch(step, channels, args, device)
+            runs[stage] = {"pair": engines.Engines(engines.build(nets.generator, ecfg, 1), engines.build(dis, ecfg, 1)),
+                           "params": count_parameters(nets.generator) + count_parameters(dis), "times": []}
+        settings = StepSettings(loss=cfg.loss, prev_frames=cfg.generator.prev_frames,
+                                frames_per_step=args.frames, temporal_frames=cfg.discriminator.temporal_frames,
+                                temporal_scales=cfg.discriminator.temporal_scales,
+                                dtype=torch.bfloat16 if engines.precision(EngineConfig()) == "bf16" else torch.float32)
+        # Rounds interleave the stages (0, 1, 2, 0, 1, 2, ...): on a shared machine the load drifts over
+        # minutes, and timing one stage after the other would charge that drift to a stage.
+        for step in range(args.steps + 1):
+            batch = random_batch(step, channels, args, device)
+            for stage in stages:
                 dist.barrier()
                 started = time.perf_counter()
-                train_batch(pair, batch, settings)
+                train_batch(runs[stage]["pair"], batch, settings)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 dist.barrier()
                 if step:  # the first step pays for lazy state creation
-                    times.append(time.perf_counter() - started)
+                    runs[stage]["times"].append(time.perf_counter() - started)
+        for stage in stages:
+            pair = runs[stage]["pair"]
             adam, master = optimizer_bytes(pair.generator)
             adam_d, master_d = optimizer_bytes(pair.discriminator)
-            row = {"model": name, "stage": stage, "params": params, "step_s": statistics.median(times),
+            row = {"model": name, "stage": stage, "params": runs[stage]["params"],
+                   "step_s": statistics.median(runs[stage]["times"]),
                    "adam": adam + adam_d, "total": adam + adam_d + master + master_d}
             rows = [None] * dist.world_size()
             torch.distributed.all_gather_object(rows, row)
@@ -130,8 +139,9 @@ def worker(args: argparse.Namespace) -> None:
                 # Per rank: report the larger of the ranks (partitions can differ by a few elements).
                 worst = max(rows, key=lambda r: r["total"])
                 print("ROW: " + json.dumps({**row, "adam": worst["adam"], "total": worst["total"]}), flush=True)
-            pair.destroy()
-            del nets, dis, pair
+        for run in runs.values():
+            run["pair"].destroy()
+        del runs
     dist.exit_process(0)
 
 

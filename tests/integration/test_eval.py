@@ -5,6 +5,7 @@ its epochs: it must stop on time, checkpoint and export. Then:
   - the real clips scored as if generated (an oracle) give PSNR at the cap and a warping-error ratio
     of exactly 1: the metric, the flow and the frames are aligned;
   - `vid2vid eval --model CHECKPOINT` writes a report over every held-out clip and the worst/best video;
+    the same shards on a real S3 endpoint (moto) give the same scores;
   - published to a real `mlflow server`, `vid2vid eval --model models:/...@champion --run RUN` with
     small random TorchScript feature networks reports FID and FVD and logs metrics and files to the run;
   - bad input (unknown run, empty split, wrong model path) is refused with a message naming it.
@@ -119,6 +120,20 @@ def test_eval_a_checkpoint(trained: dict, tmp_path: Path) -> None:
     with av.open(str(out.with_suffix(".mp4"))) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 4 and frames[0].shape == (2 * 32 + 4, 3 * 64, 3)  # worst over best, labels|fake|real
+
+
+def test_eval_reads_shards_from_s3(trained: dict, tmp_path: Path, s3_bucket: str) -> None:
+    """The same clips from a real S3 endpoint (moto server, through s3fs) score exactly the same."""
+    from dataio.storage import s3_filesystem
+    s3_filesystem().put(str(trained["shards"]) + "/", f"{s3_bucket}/shards/", recursive=True)
+    reports = {}
+    for name, data in (("local", str(trained["shards"])), ("s3", f"s3://{s3_bucket}/shards")):
+        proc = cli("eval", "--model", str(trained["ckpt"]), "--data", data, "--out", str(tmp_path / f"{name}.json"),
+                   "--max-clips", "2", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["s3"]["info"]["data"] == f"s3://{s3_bucket}/shards" and len(reports["s3"]["clips"]) == 2
+    assert reports["s3"]["clips"] == reports["local"]["clips"]
 
 
 class _ImageFeatures(nn.Module):

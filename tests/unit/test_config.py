@@ -85,3 +85,15 @@ def test_exponent_floats_without_a_dot(tmp_path: Path) -> None:
     assert cfg.data.loader.min_scale == 0.5
     with pytest.raises(ConfigError, match="must be a number"):
         load(None, ["data.loader.min_scale=half"])
+
+
+@pytest.mark.parametrize("override,words", [
+    ("eval.height=64", "height and width together"),
+    ("eval.frames=1", "frames must be >= 2"),
+    ("eval.split=test", "eval.split"),
+    ("train.time_budget_s=-1", "time_budget_s must be >= 0"),
+])
+def test_eval_and_budget_values_are_checked(override: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load(None, [override])
+    assert load(None, ["eval.height=64", "eval.width=128", "train.time_budget_s=30"]).eval.width == 128

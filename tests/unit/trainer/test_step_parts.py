@@ -42,6 +42,12 @@ def test_ds_config_is_explicit() -> None:
     assert precision(EngineConfig(precision="bf16")) == "bf16"
     if not torch.cuda.is_available():
         assert precision(EngineConfig()) == "fp32"
+    # The grad norm is skipped only when nothing clips with it (DeepSpeed refuses it otherwise),
+    # and only ZeRO 1/2 accept the setting at all.
+    assert cfg["zero_optimization"]["compute_grad_norm"] is False
+    clipped = ds_config(EngineConfig(zero_stage=2, grad_clip=1.0), micro_batch=1, world=2)
+    assert "compute_grad_norm" not in clipped["zero_optimization"] and clipped["gradient_clipping"] == 1.0
+    assert ds_config(EngineConfig(zero_stage=0), micro_batch=1, world=2)["zero_optimization"] == {"stage": 0}
 
 
 def test_engine_config_refuses_what_does_not_work() -> None:
