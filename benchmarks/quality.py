@@ -75,13 +75,19 @@ def prepare_data(config: str, overrides: list[str]) -> None:
     from dataio import pack, synth
     from dataio.manifest import read_manifest
     from trainer.config import load
+    from trainer.config_tree import to_dict
 
     cfg = load(config, overrides)
+    settings = json.dumps({"synth": to_dict(cfg.data.synth), "pack": to_dict(cfg.data.pack)}, sort_keys=True)
+    stamp = Path("data-settings.json")
     if Path(cfg.data.shards, "manifest.parquet").is_file():
+        if stamp.is_file() and stamp.read_text() != settings:
+            sys.exit(f"{Path.cwd()} holds data made with other data.synth/data.pack settings: use a new --out")
         return
     started = time.perf_counter()
     synth.generate(cfg.data.synth)
     pack.pack(cfg.data, progress=False)
+    stamp.write_text(settings)
     manifest = read_manifest(cfg.data.shards)
     print(f"data: {manifest.samples('train')} train / {manifest.samples('val')} val clips of "
           f"{manifest.clip_frames} frames ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=cmd_model_fetch)
 
     gen = commands.add_parser("generate", help="generate a video from label maps with a registered model")
-    gen.add_argument("--model", required=True, help="models:/NAME@ALIAS (or any MLflow model URI)")
+    gen.add_argument("--model", required=True,
+                     help="models:/NAME@ALIAS (any MLflow model URI), or a checkpoint: an exported "
+                          "generator.pt, a run's checkpoint folder or one step-* folder")
     gen.add_argument("--labels", required=True,
                      help="a folder of PNG label maps (or a sequence folder), a label video, or a shard .tar")
     gen.add_argument("--out", required=True, help="output .mp4")

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dataio.config import DataConfig
 from trainer.config import Config
 from trainer.tracking import redact
+
+if TYPE_CHECKING:
+    from cluster.video_model import VideoGenerator
+    from models.frechet import FeatureNet
+    from trainer.evaluate import Report
+
+log = logging.getLogger(__name__)
 
 
 class EvalInputError(ValueError):
@@ -31,48 +40,47 @@ class EvalResult:
     run_id: str | None
 
 
-def load_model(model: str, device: str, workdir: Path):
-    """A ``cluster.video_model.VideoGenerator`` from a local checkpoint path or an MLflow model URI."""
-    path = Path(model)
-    if path.exists():
-        from cluster.registry import source_from_checkpoint, video_model
-
-        source = source_from_checkpoint(path, workdir)
-        return video_model(source.export, source.config).to(device).eval()
-    if "://" not in model and not model.startswith("models:"):
-        raise EvalInputError(f"--model {model}: no such file or folder, and not a model URI (models:/NAME@ALIAS)")
-    from cluster.generate import load_model as load_registered
-
-    return load_registered(model, device)
-
-
 def run_eval(cfg: Config, model: str, out: str | Path, *, video: str | Path | None = None,
              run_id: str | None = None, tracking_uri: str = "", progress: bool = True) -> EvalResult:
     """Evaluate ``model`` on ``cfg.data.shards`` as ``cfg.eval`` says; write ``out`` and the video."""
     import torch
     from tqdm import tqdm
 
+    from cluster.registry import load_video_model
+    from cluster.video_model import pick_device
     from dataio.loader import build_loader
-    from trainer.evaluate import evaluate, generator_synthesizer, side_by_side_video
+    from trainer.evaluate import NoClipsError, evaluate, side_by_side_video
 
     ecfg = cfg.eval
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if ecfg.device == "auto" else ecfg.device
+    device = pick_device(ecfg.device)
     client = _mlflow_client(tracking_uri, run_id) if run_id else None  # a wrong run fails before the work
-    with tempfile.TemporaryDirectory(prefix="vid2vid-eval-") as tmp:
-        net = load_model(model, device, Path(tmp))
+    net = load_video_model(model, device)
     data, height, width, frames, clips = _data_for(cfg, net)
     nets, skipped = _feature_nets(cfg, device)
+
+    def synthesize(labels: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(net.images(labels)), dim=1).float()  # the path `generate` serves
+
     loader = build_loader(data, height, width, frames, split=ecfg.split, augment=False)
     total = min(clips, ecfg.max_clips) if ecfg.max_clips else clips
-    with tqdm(total=total, unit="clip", desc="eval", disable=not progress) as bar:
-        evaluation = evaluate(generator_synthesizer(net.generator), loader, inception=nets["fid"], i3d=nets["fvd"],
-                              skipped=skipped, max_clips=ecfg.max_clips, on_clip=lambda _: bar.update())
-    loader.close()
+    try:
+        with tqdm(total=total, unit="clip", desc="eval", disable=not progress) as bar:
+            evaluation = evaluate(synthesize, loader, inception=nets["fid"], i3d=nets["fvd"], skipped=skipped,
+                                  max_clips=ecfg.max_clips, on_clip=lambda _: bar.update())
+    except NoClipsError:
+        reasons = "; ".join(f"{s.shard}:{s.key}: {s.reason}" for s in loader.stats.skips[:5])
+        raise EvalInputError(f"{data.shards} [{ecfg.split}]: no clip could be scored, {loader.stats.skipped} "
+                             f"skipped" + (f" ({reasons})" if reasons else "")) from None
+    finally:
+        loader.close()
     report = evaluation.report
-    report.info = {"model": redact("model", model), "data": redact("data", data.shards), "split": ecfg.split, "height": height,
-                   "width": width, "frames": frames, "clips": len(report.clips), "device": device,
+    if report.info["non_finite_clips"]:
+        log.warning("%d of %d clips have non-finite generated frames", report.info["non_finite_clips"], len(report.clips))
+    report.info = {"model": redact("model", model), "data": redact("data", data.shards), "split": ecfg.split,
+                   "height": height, "width": width, "frames": frames, "clips": len(report.clips), "device": device,
                    "skipped_samples": loader.stats.skipped,
-                   "skipped_sample_list": [f"{s.shard}:{s.key}: {s.reason}" for s in loader.stats.skips]}
+                   "skipped_sample_list": [f"{s.shard}:{s.key}: {s.reason}" for s in loader.stats.skips],
+                   **report.info}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -82,9 +90,10 @@ def run_eval(cfg: Config, model: str, out: str | Path, *, video: str | Path | No
     return EvalResult(out, video_path, report.summary(), run_id)
 
 
-def _data_for(cfg: Config, net) -> tuple:
-    """The data section for this model and shard set, and the size, clip length and clip count."""
+def _data_for(cfg: Config, net: VideoGenerator) -> tuple[DataConfig, int, int, int, int]:
+    """The data section for this model and shard set; the height, width, clip length and clip count."""
     from dataio.manifest import read_manifest
+    from models.metrics import SSIM_WINDOW
 
     ecfg, data = cfg.eval, cfg.data
     manifest = read_manifest(data.shards)
@@ -111,25 +120,36 @@ def _data_for(cfg: Config, net) -> tuple:
                                                                    rows[0].width // step * step)
     if height % step or width % step or height < step or width < step:
         raise EvalInputError(f"eval size {height}x{width}: the model needs positive multiples of {step}")
+    if min(height, width) < SSIM_WINDOW:
+        raise EvalInputError(f"eval size {height}x{width}: SSIM needs at least {SSIM_WINDOW} px on each side")
+    if frames < 2:
+        raise EvalInputError(f"{data.shards}: clips of {frames} frame(s); the warping error needs 2 or more")
     loader = dataclasses.replace(data.loader, batch_size=ecfg.batch_size)
     data = dataclasses.replace(data, num_classes=net.num_classes if net.label_kind == "classes" else data.num_classes,
                                clip_frames=manifest.clip_frames, loader=loader)
     return data, height, width, frames, len(rows)
 
 
-def _feature_nets(cfg: Config, device: str) -> tuple[dict, dict[str, str]]:
+def _feature_nets(cfg: Config, device: str) -> tuple[dict[str, FeatureNet | None], dict[str, str]]:
+    """The FID and FVD feature networks (None where not configured, with the reason in the second dict)."""
     from models.frechet import load_feature_net
 
-    nets, skipped = {}, {}
+    nets: dict[str, FeatureNet | None] = {}
+    skipped: dict[str, str] = {}
     for metric, path, kind, key in (("fid", cfg.eval.inception, "image", "eval.inception"),
                                     ("fvd", cfg.eval.i3d, "video", "eval.i3d")):
-        nets[metric] = load_feature_net(path, kind, device) if path else None
+        nets[metric] = None
         if not path:
             skipped[metric] = f"no {'Inception' if kind == 'image' else 'I3D'} network: set {key} to a local TorchScript file"
+            continue
+        try:
+            nets[metric] = load_feature_net(path, kind, device)
+        except (OSError, ValueError) as err:
+            raise EvalInputError(f"{key}={path}: {err}") from None
     return nets, skipped
 
 
-def _mlflow_client(tracking_uri: str, run_id: str):
+def _mlflow_client(tracking_uri: str, run_id: str):  # -> MlflowClient (imported when used)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -141,7 +161,7 @@ def _mlflow_client(tracking_uri: str, run_id: str):
     return client
 
 
-def _log_to_run(client, run_id: str, report, report_path: Path, video_path: Path) -> None:
+def _log_to_run(client, run_id: str, report: Report, report_path: Path, video_path: Path) -> None:
     import time
 
     from mlflow.entities import Metric, RunTag

@@ -6,7 +6,6 @@ in the shards' lossless ``label.webm``), or a shard (``.tar``: one clip, the fir
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,29 +126,19 @@ def colour_labels(labels) -> np.ndarray:
     return palette[ids]
 
 
-def load_model(uri: str, device: str):
-    """The registered ``VideoGenerator`` on ``device``."""
-    import mlflow.pytorch
-
-    from cluster.registry import PICKLE_ENV
-
-    # Our own registry's models are pickled (video_model.py says why): allow it for this load.
-    os.environ.setdefault(PICKLE_ENV, "true")
-    return mlflow.pytorch.load_model(uri, map_location=device).to(device).eval()
-
-
 def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_side: bool = False,
              size: tuple[int, int] | None = None, key: str | None = None, fps: int = 8,
              device: str = "auto", progress: bool = True) -> Path:
-    """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``."""
-    import torch
+    """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``.
+    ``model_uri``: an MLflow model URI or a local checkpoint (``cluster.registry.load_video_model``)."""
     from tqdm import tqdm
 
+    from cluster.registry import load_video_model
+    from cluster.video_model import pick_device
     from trainer.samples import write_mp4
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_uri, device)
+    device = pick_device(device)
+    model = load_video_model(model_uri, device)
     clip = read_labels(labels, model.label_kind, key)
     tensor = label_tensor(clip, model, size).to(device)
     frames = [f[0].cpu().numpy() for f in tqdm(model.frames(tensor), total=tensor.shape[1], unit="frame",

@@ -23,6 +23,8 @@ MODEL_NAME = "generator"
 PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 """MLflow refuses to unpickle a model unless this is true (see video_model.py for why it is pickled)."""
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_ANY_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+"""An MLflow model URI of any scheme: models:/, runs:/, s3://, file:/ ..."""
 
 
 class RegistryError(ValueError):
@@ -126,6 +128,26 @@ def _export_step(step: Path, state: dict[str, Any], workdir: Path) -> Path:
     return export_generator(step, workdir / "generator.pt", zero_stage=config["train"]["generator"]["zero_stage"],
                             model_config=config["model"], label_channels=channels,
                             active_scales=state["stage"]["scale"] + 1)
+
+
+def load_video_model(model: str, device: str):
+    """The ``VideoGenerator`` of a local checkpoint (an exported ``generator.pt`` in its checkpoint
+    folder, a run's checkpoint folder or one ``step-*`` folder) or of an MLflow model URI, on ``device``."""
+    path = Path(model)
+    if path.exists():
+        with tempfile.TemporaryDirectory(prefix="vid2vid-load-") as tmp:
+            source = source_from_checkpoint(path, Path(tmp))
+            return video_model(source.export, source.config).to(device).eval()
+    if not _ANY_URI.match(model):
+        raise RegistryError(f"model {model}: no such file or folder, and not a model URI "
+                            "(models:/NAME@ALIAS, runs:/RUN_ID/generator, ...)")
+    import os
+
+    import mlflow.pytorch
+
+    # Our own registry's models are pickled (video_model.py says why): allow it for this load.
+    os.environ.setdefault(PICKLE_ENV, "true")
+    return mlflow.pytorch.load_model(model, map_location=device).to(device).eval()
 
 
 def video_model(export: Path, config: dict[str, Any]):

@@ -43,21 +43,38 @@ class VideoGenerator(nn.Module):
         """Height and width must be multiples of this."""
         return self.generator.divisor()
 
-    def frames(self, labels: Tensor) -> Iterator[Tensor]:
-        """Frame by frame (for progress): uint8 [B, H, W, 3] for each t of ``labels`` [B, T, C, H, W]."""
+    def images(self, labels: Tensor) -> Iterator[Tensor]:
+        """Frame by frame: float [B, 3, H, W] in [-1, 1] for each t of ``labels`` [B, T, C, H, W].
+
+        Only the last L outputs are kept (the generator's previous frames), so memory does not grow
+        with the clip; ``vid2vid eval`` scores these, ``generate`` and pyfunc serve them as uint8.
+        """
         history = self.generator.cfg.prev_frames
-        labels = labels.to(next(self.generator.parameters()).dtype)
+        param = next(self.generator.parameters())
+        labels = labels.to(param.device, param.dtype)
         previous: list[Tensor] = []
         with torch.no_grad():
             for t in range(labels.shape[1]):
                 prev = torch.stack(previous[-history:], dim=1) if previous and history else None
                 image = self.generator(labels[:, max(0, t - history):t + 1], prev).image
                 previous = (previous + [image])[-max(history, 1):]
-                yield to_uint8(image)
+                yield image
+
+    def frames(self, labels: Tensor) -> Iterator[Tensor]:
+        """Frame by frame (for progress): uint8 [B, H, W, 3] for each t of ``labels`` [B, T, C, H, W]."""
+        for image in self.images(labels):
+            yield to_uint8(image)
 
     def forward(self, labels: Tensor) -> Tensor:
         """uint8 [B, T, H, W, 3] for float labels [B, T, C, H, W]."""
         return torch.stack(list(self.frames(labels)), dim=1)
+
+
+def pick_device(name: str = "auto") -> str:
+    """``auto``: the first GPU when there is one, else the CPU; anything else as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def to_uint8(image: Tensor) -> Tensor:

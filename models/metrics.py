@@ -18,7 +18,7 @@ from models.warp import warp
 PSNR_CAP_DB: float = 100.0
 """PSNR of identical frames (MSE 0) is reported as this cap, so reports stay finite JSON."""
 
-_SSIM_WINDOW = 11
+SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _SSIM_C1 = 0.01 ** 2
 _SSIM_C2 = 0.03 ** 2
@@ -50,7 +50,7 @@ def psnr(fake: Tensor, real: Tensor) -> Tensor:
 def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
     """Normalised 1-D Gaussian of 11 taps: skimage's ``gaussian_weights=True`` (sigma 1.5,
     truncate 3.5 -> radius 5) is exactly this kernel applied separably."""
-    offsets = torch.arange(_SSIM_WINDOW, dtype=torch.float64) - (_SSIM_WINDOW - 1) / 2
+    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
     kernel = torch.exp(-offsets.square() / (2 * _SSIM_SIGMA ** 2))
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
@@ -70,9 +70,9 @@ def ssim(fake: Tensor, real: Tensor) -> Tensor:
     Frames smaller than 11 px on a side: raise ValueError naming the size."""
     _check_pair("ssim", fake, real)
     height, width = fake.shape[-2:]
-    if height < _SSIM_WINDOW or width < _SSIM_WINDOW:
-        raise ValueError(f"ssim: frames are {height}x{width}, the {_SSIM_WINDOW}x{_SSIM_WINDOW} "
-                         f"window needs at least {_SSIM_WINDOW} px on each side")
+    if height < SSIM_WINDOW or width < SSIM_WINDOW:
+        raise ValueError(f"ssim: frames are {height}x{width}, the {SSIM_WINDOW}x{SSIM_WINDOW} "
+                         f"window needs at least {SSIM_WINDOW} px on each side")
     lead = fake.shape[:-3]
     # float64: the variances are E[x^2] - mu^2, and float32 cancellation there (~3e-8) is visible
     # against C2 = 9e-4 on flat regions (4e-5 off the exact SSIM of two constant images).

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from models.frechet import FeatureNet, FeatureStats, frechet_distance
@@ -83,12 +82,15 @@ class Report:
 
 @dataclass
 class Shown:
-    """One clip for the side-by-side video: labels [T, C, H, W], generated and real [T, 3, H, W]."""
+    """One clip of the side-by-side video, kept as its uint8 picture [T, H, 3W, 3] (labels | generated
+    | real): a float one-hot clip at paper scale would hold gigabytes."""
     key: str
     psnr: float
-    labels: Tensor
-    generated: Tensor
-    real: Tensor
+    video: np.ndarray
+
+
+class NoClipsError(ValueError):
+    """Nothing was scored: the split is empty or every sample was skipped."""
 
 
 @dataclass
@@ -98,26 +100,20 @@ class Evaluation:
     best: Shown
 
 
-def generator_synthesizer(generator: torch.nn.Module) -> Synthesize:
-    """Generate frame by frame from labels alone (``models.generator.generate_clip``), no autograd."""
-    from models.generator import generate_clip
-
-    def synthesize(labels: Tensor) -> Tensor:
-        param = next(generator.parameters())
-        with torch.no_grad():
-            return generate_clip(generator, labels.to(param.device, param.dtype)).images.float()
-    return synthesize
-
-
 def evaluate(synthesize: Synthesize, batches: Iterable, *, inception: FeatureNet | None = None,
              i3d: FeatureNet | None = None, skipped: dict[str, str] | None = None,
              max_clips: int = 0, on_clip: Callable[[ClipScore], None] | None = None) -> Evaluation:
     """Score every clip of ``batches`` (``dataio.loader.ClipBatch``es), or the first ``max_clips``.
-    ``skipped`` names metrics the caller could not set up (no feature network) and why."""
-    skipped = dict(skipped or {})
-    features = _FeatureSets(inception, i3d, skipped)
+    ``skipped`` names metrics the caller could not set up (no feature network) and why.
+
+    A clip whose generated frames are not finite is scored (its PSNR is nan, null in JSON), counted in
+    ``info["non_finite_clips"]`` and never shown as the worst or best clip.
+    """
+    from trainer.samples import side_by_side
+
+    features = _FeatureSets(inception, i3d, dict(skipped or {}))
     scores: list[ClipScore] = []
-    worst = best = None
+    worst = best = first = None
     for batch in batches:
         n = len(batch.keys) if not max_clips else min(len(batch.keys), max_clips - len(scores))
         real, labels = batch.rgb[:n].float(), batch.labels[:n]
@@ -129,21 +125,26 @@ def evaluate(synthesize: Synthesize, batches: Iterable, *, inception: FeatureNet
             score = ClipScore(key, frame_psnr[i].mean().item(), frame_ssim[i].mean().item(), ours.error[i].item(),
                               theirs.error[i].item(), ours.weight[i].item())
             scores.append(score)
-            if worst is None or score.psnr < worst.psnr or best is None or score.psnr > best.psnr:
-                shown = Shown(key, score.psnr, labels[i].cpu(), fake[i].cpu(), real[i].cpu())
-                worst = shown if worst is None or score.psnr < worst.psnr else worst
-                best = shown if best is None or score.psnr > best.psnr else best
+            lower = math.isfinite(score.psnr) and (worst is None or score.psnr < worst.psnr)
+            higher = math.isfinite(score.psnr) and (best is None or score.psnr > best.psnr)
+            if lower or higher or first is None:
+                shown = Shown(key, score.psnr, side_by_side(labels[i], fake[i], real[i]))
+                first = first or shown
+                worst, best = (shown if lower else worst), (shown if higher else best)
             if on_clip is not None:
                 on_clip(score)
         features.add(fake, real)
         if max_clips and len(scores) >= max_clips:
             break
     if not scores:
-        raise ValueError("no clips to evaluate: the split is empty or every sample was skipped")
+        raise NoClipsError("no clips to evaluate")
     report = _report(scores)
     report.fid, report.fvd = features.distances()
     report.skipped_metrics = features.skipped
+    worst, best = worst or first, best or first
     report.worst, report.best = worst.key, best.key
+    report.info = {"non_finite_clips": sum(not math.isfinite(s.psnr) for s in scores),
+                   "fid_frames": features.stats["fid"][0].count, "fvd_clips": features.stats["fvd"][0].count}
     return Evaluation(report, worst, best)
 
 
@@ -166,8 +167,9 @@ class _FeatureSets:
             try:
                 self.stats[name][0].update(net(fake_in))
                 self.stats[name][1].update(net(real_in))
-            except Exception as err:  # a feature net that cannot take this input must not lose the rest
-                self.skipped[name] = f"the feature network failed on input {tuple(fake_in.shape)}: {err}"
+            except (RuntimeError, ValueError) as err:  # a net that cannot take this input must not lose the rest
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                self.skipped[name] = f"the feature network failed on input {tuple(fake_in.shape)}: {first_line}"
 
     def distances(self) -> tuple[float | None, float | None]:
         out = []
@@ -198,9 +200,9 @@ def _report(scores: list[ClipScore]) -> Report:
 
 def side_by_side_video(evaluation: Evaluation, path: str | Path, fps: int = 8) -> Path:
     """labels | generated | real of the worst clip (top) and the best clip (bottom), as an mp4."""
-    from trainer.samples import side_by_side, write_mp4
+    from trainer.samples import write_mp4
 
-    rows = [side_by_side(s.labels, s.generated, s.real) for s in (evaluation.worst, evaluation.best)]
+    rows = [evaluation.worst.video, evaluation.best.video]
     gap = np.full((rows[0].shape[0], 4, rows[0].shape[2], 3), 255, np.uint8)
     return write_mp4(np.concatenate([rows[0], gap, rows[1]], axis=1), path, fps=fps)
 

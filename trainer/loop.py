@@ -18,15 +18,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
-import torch.distributed as tdist
 from torch import nn
 
 from models.build import build as build_networks
 from models.generator import generate_clip
 from trainer import checkpoint, distributed as dist, engines as engines_mod
+from trainer.batches import TimeBudget, agreed_batches
 from trainer.config import Config
 from trainer.config_tree import flatten, to_dict
 from trainer.export import export_generator
@@ -86,6 +86,7 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
         run.budget.start()
         for epoch in range(run.progress.epoch, cfg.train.epochs):
             if dist.broadcast(run.budget.over()):
+                run.budget.spent = True
                 break
             run.enter_epoch(epoch)      # stage change? new loader / engines; learning rate
             run.train_epoch(epoch)      # D then G per chunk of frames, for every batch
@@ -180,7 +181,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> None:
         cfg, progress = self.cfg, self.progress
         skip = progress.batch if epoch == progress.epoch else 0
-        for index, batch in enumerate(_agreed_batches(self.loader, cfg.train.steps_per_epoch, self.budget)):
+        for index, batch in enumerate(agreed_batches(self.loader, cfg.train.steps_per_epoch, self.budget)):
             if index < skip:
                 continue  # resumed mid-epoch: these batches were trained before the checkpoint
             started = time.perf_counter()
@@ -283,49 +284,6 @@ def _engines_for(stage: Stage, generator: nn.Module, discriminators: nn.Module,
     log.info("generator engine rebuilt for scales %s: %d tensors carry their Adam moments, %d start fresh",
              stage.trainable_scales, restored, len(new))
     return engines_mod.Engines(engine, current.discriminator)
-
-
-class TimeBudget:
-    """``train.time_budget_s`` of wall-clock training; ``over()`` is this rank's clock, ``spent`` is set
-    once the ranks agreed to stop for it (``_agreed_batches``)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.deadline: float | None = None
-        self.spent = False
-
-    def start(self) -> None:
-        if self.seconds:
-            self.deadline = time.monotonic() + self.seconds
-
-    def over(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
-
-
-def _agreed_batches(loader, limit: int, budget: TimeBudget | None = None) -> Iterator[Any]:
-    """The loader's batches while every rank still has one (shards may split unevenly), up to ``limit``,
-    until any rank's clock says the time budget is over (then ``budget.spent``)."""
-    batches = iter(loader)
-    count = 0
-    try:
-        while not limit or count < limit:
-            batch = next(batches, None)
-            in_time = budget is None or not budget.over()
-            flags = torch.tensor([batch is not None, in_time], dtype=torch.int32, device=dist.device())  # NCCL: no CPU tensors
-            if dist.world_size() > 1:
-                tdist.all_reduce(flags, op=tdist.ReduceOp.MIN)
-            have, in_time = flags.tolist()
-            if not in_time:
-                budget.spent = True
-                return
-            if not have:
-                return
-            count += 1
-            yield batch
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
 
 
 def _count_bad(result: ChunkResult, progress: Progress, limit: int) -> None:

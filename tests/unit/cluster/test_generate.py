@@ -84,3 +84,17 @@ def test_bad_labels_name_the_file(model: VideoGenerator, tmp_path: Path) -> None
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(LabelInputError, match="expected a folder"):
         read_labels(tmp_path / "notes.txt", "classes")
+
+
+def test_model_uris_of_any_scheme_go_to_mlflow(model: VideoGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.pytorch
+
+    from cluster.registry import RegistryError, load_video_model
+    seen = []
+    monkeypatch.setattr(mlflow.pytorch, "load_model", lambda uri, map_location: seen.append(uri) or model)
+    uris = ["runs:/0123abcd/generator", "models:/vid2vid@champion", "s3://bucket/models/generator"]
+    for uri in uris:
+        assert load_video_model(uri, "cpu") is model
+    assert seen == uris
+    with pytest.raises(RegistryError, match="nowhere/generator.pt: no such file or folder, and not a model URI"):
+        load_video_model("nowhere/generator.pt", "cpu")

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from trainer import checkpoint, distributed, loop, step
+from trainer import batches, checkpoint, distributed, loop, step
 from trainer.config import load
 from trainer.schedule import Stage
 
@@ -42,7 +42,7 @@ def test_collectives_use_the_rank_device(two_ranks_on_meta: list[torch.device]) 
     with pytest.raises(_ReachedCollective):
         step._non_finite({"g/total": torch.tensor(1.0), "d/total": torch.tensor(float("nan"))})
     with pytest.raises(_ReachedCollective):
-        next(loop._agreed_batches([object()], limit=0))
+        next(batches.agreed_batches([object()], limit=0))
     assert two_ranks_on_meta == [torch.device("meta")] * 2
 
 
@@ -94,23 +94,3 @@ def test_export_takes_the_scales_of_the_checkpoint(tmp_path: Path, monkeypatch: 
     loop._export(cfg, folder, label_channels=9)
     assert told["active_scales"] == 1
 
-
-def test_time_budget_stops_the_batches_and_says_so() -> None:
-    unlimited = loop.TimeBudget(0)
-    unlimited.start()
-    assert list(loop._agreed_batches(range(5), limit=0, budget=unlimited)) == [0, 1, 2, 3, 4]
-    assert not unlimited.spent
-
-    budget = loop.TimeBudget(3600)
-    budget.start()
-    taken = []
-    for batch in loop._agreed_batches(range(10), limit=0, budget=budget):
-        taken.append(batch)
-        if batch == 2:
-            budget.deadline = 0.0  # the clock passes the deadline during batch 2
-    assert taken == [0, 1, 2] and budget.spent
-
-    exhausted = loop.TimeBudget(3600)
-    exhausted.start()
-    assert list(loop._agreed_batches(range(3), limit=0, budget=exhausted)) == [0, 1, 2]
-    assert not exhausted.spent  # the loader ran out first: the epoch ended normally
