@@ -78,6 +78,18 @@ class _Sources:
             probe = probe.rpartition(".")[0]
         return self.file
 
+    def of_section(self, section: str) -> str:
+        """Where a section's values came from, for a check across its fields (``__post_init__``): the
+        override that set the section, else the file with the overrides that set keys inside it."""
+        direct = self.of(section)
+        if direct != self.file:
+            return direct
+        inside = [item for key, item in self.overrides.items() if section == "config" or key.startswith(f"{section}.")]
+        if not inside:
+            return self.file
+        return (f"{self.file} with command-line override{'s' if len(inside) > 1 else ''} "
+                + ", ".join(f"'{item}'" for item in inside))
+
 
 def from_dict(cls: type[T], data: Any, sources: _Sources | str, prefix: str = "") -> T:
     """Fill dataclass ``cls`` from ``data``, checking every key and type against its annotations."""
@@ -100,7 +112,7 @@ def from_dict(cls: type[T], data: Any, sources: _Sources | str, prefix: str = ""
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{sources.of(where)}: invalid '{where}': {err}") from err
+        raise ConfigError(f"{sources.of_section(where)}: invalid '{where}': {err}") from err
 
 
 def _coerce(hint: Any, value: Any, key: str, sources: _Sources) -> Any:
