@@ -2,7 +2,8 @@
 
     synthetic paired videos -> shards -> training through an embedded Ray (2 workers, ZeRO-2, the
     progressive schedule) -> the generator registered as `champion` -> a video generated from
-    held-out label maps by the registered model -> where everything is
+    held-out label maps by the registered model -> the model scored on the held-out clips
+    (`vid2vid eval`) -> where everything is
 
 Re-running it resumes the same run (``cluster.name``) rather than training again: delete ``runs/``
 and ``checkpoints/`` for a fresh one.
@@ -17,11 +18,13 @@ from pathlib import Path
 from cluster.config import RootConfig
 
 OUT = Path("out") / "demo.mp4"
+REPORT = Path("out") / "eval" / "report.json"
 MODEL_NAME = "vid2vid"
 ALIAS = "champion"
 
 
 def run_demo(cfg: RootConfig) -> int:
+    from cluster.evaluate import run_eval
     from cluster.generate import generate
     from cluster.launch import train
     from cluster.registry import publish
@@ -29,7 +32,7 @@ def run_demo(cfg: RootConfig) -> int:
     from dataio.synth import generate as synthesize
 
     started = time.monotonic()
-    step = _Steps(5)
+    step = _Steps(6)
     step("synthetic paired videos", cfg.data.synth.out)
     sequences = synthesize(cfg.data.synth)
     step.done(f"{len(sequences)} sequences of {cfg.data.synth.frames} frames at "
@@ -58,9 +61,15 @@ def run_demo(cfg: RootConfig) -> int:
                      progress=False)
     step.done(f"{video} (labels | generated)")
 
+    step("scoring the registered model on the held-out clips", f"{cfg.data.shards} [{cfg.eval.split}]")
+    scored = run_eval(cfg, published.uri, REPORT, run_id=result.run_id, tracking_uri=cfg.tracking.uri, progress=False)
+    step.done(scored.summary.splitlines()[0])
+
     tracking = cfg.tracking.uri
     print(f"\ndone in {time.monotonic() - started:.0f}s. Where everything is:")
     print(f"  output video        {video.resolve()}")
+    print(f"  evaluation          {scored.report_path.resolve()} and {scored.video_path.name} (worst | best clip); "
+          f"metrics eval/* in the training run")
     print(f"  registered model    models:/{MODEL_NAME}@{ALIAS} (version {published.version}); "
           f"vid2vid model fetch models:/{MODEL_NAME}@{ALIAS} --dest fetched/")
     print(f"  training run        {result.run_id} in experiment '{cfg.tracking.experiment}' ({tracking})")
