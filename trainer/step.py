@@ -96,14 +96,7 @@ def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow:
         history.append(outs[-1].image.detach())
     fake = torch.stack([o.image for o in outs], dim=1)
     real, lab = rgb[:, start:stop], labels[:, start:stop]
-    span = _temporal_span(s, stop)
-    window_real = window_fake = window_flow = None
-    if span:
-        first = stop - span
-        window_real, window_flow = rgb[:, first:stop], flow[:, first:stop]
-        # Older frames come from the detached history; the chunk's frames keep their graph for G.
-        window_fake = torch.cat([torch.stack(history[first:start], dim=1), fake], dim=1) \
-            if first < start else fake
+    window_real, window_fake, window_flow = _temporal_windows(s, rgb, flow, history, fake, start, stop)
 
     # 1. Discriminator update on real and detached fake.
     d_real, t_real = engD(lab, real, window_real, window_flow)
@@ -135,6 +128,24 @@ def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow:
     finally:
         d_module.requires_grad_(True)
     return ChunkResult(_floats(losses), bad, stop - start)
+
+
+def _temporal_windows(s: StepSettings, rgb: Tensor, flow: Tensor, history: list[Tensor], fake: Tensor,
+                      start: int, stop: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The temporal discriminator's (real, fake, flow) windows: the newest ``_temporal_span`` frames.
+
+    Older frames of the fake window come from the detached history; the chunk's own frames keep their
+    graph for G. A chunk longer than the window contributes only its newest frames.
+    """
+    span = _temporal_span(s, stop)
+    if not span:
+        return None, None, None
+    first = stop - span
+    if first < start:
+        window_fake = torch.cat([torch.stack(history[first:start], dim=1), fake], dim=1)
+    else:
+        window_fake = fake[:, first - start:]
+    return rgb[:, first:stop], window_fake, flow[:, first:stop]
 
 
 def _temporal_span(s: StepSettings, stop: int) -> int:

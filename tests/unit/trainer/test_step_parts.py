@@ -11,7 +11,7 @@ from models.config import LossConfig
 from trainer import distributed as dist
 from trainer.config import EngineConfig
 from trainer.engines import ds_config, precision
-from trainer.step import StepSettings, _temporal_span
+from trainer.step import StepSettings, _temporal_span, _temporal_windows
 
 
 def settings(k: int, scales: int) -> StepSettings:
@@ -31,6 +31,32 @@ def settings(k: int, scales: int) -> StepSettings:
 ])
 def test_temporal_span(k: int, scales: int, stop: int, span: int) -> None:
     assert _temporal_span(settings(k, scales), stop) == span
+
+
+@pytest.mark.parametrize("frames_per_step, scales", [(2, 1), (4, 1), (8, 1), (3, 2), (8, 2)])
+def test_temporal_windows_are_the_newest_frames(frames_per_step: int, scales: int) -> None:
+    """Real, fake and flow windows cover the same newest frames, also when a chunk outgrows the window."""
+    s = StepSettings(loss=LossConfig(), prev_frames=2, frames_per_step=frames_per_step, temporal_frames=3,
+                     temporal_scales=scales)
+    frames = 8
+    rgb = torch.arange(frames, dtype=torch.float32).view(1, frames, 1, 1, 1).expand(1, frames, 3, 2, 2)
+    flow = rgb[:, :, :2] + 100
+    history: list[torch.Tensor] = []
+    for start in range(0, frames, frames_per_step):
+        stop = min(frames, start + frames_per_step)
+        fake = (rgb[:, start:stop] + 1000).requires_grad_()  # the chunk's frames, still in G's graph
+        history.extend(fake.detach().unbind(1))
+        real_w, fake_w, flow_w = _temporal_windows(s, rgb, flow, history, fake, start, stop)
+        span = _temporal_span(s, stop)
+        if not span:
+            assert real_w is fake_w is flow_w is None
+            continue
+        expected = torch.arange(stop - span, stop, dtype=torch.float32)
+        assert real_w.shape[1] == fake_w.shape[1] == flow_w.shape[1] == span
+        assert torch.equal(real_w[0, :, 0, 0, 0], expected)
+        assert torch.equal(fake_w[0, :, 0, 0, 0], expected + 1000)
+        assert torch.equal(flow_w[0, :, 0, 0, 0], expected + 100)
+        assert fake_w.requires_grad  # the newest frame is always the chunk's own
 
 
 def test_ds_config_is_explicit() -> None:
