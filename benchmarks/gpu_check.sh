@@ -3,62 +3,120 @@
 # paste the output into docs/performance.md with the date and the card.
 #
 #   benchmarks/gpu_check.sh            (from the repository root, .venv installed with the CUDA torch)
+#   PY=python3 benchmarks/gpu_check.sh (another interpreter; torchrun is taken from beside it)
 #
-# 1. DALI `mixed` (NVDEC) decoding of freshly packed demo shards: frames/s, and whether the lossless
-#    4:4:4 label stream decodes on the GPU or needs data.loader.label_device=cpu.
+# On a CUDA 13 machine install nvidia-dali-cuda130 in place of the cuda120 wheel that pyproject names.
+# Each check runs on its own: one that fails prints FAILED with its exit status and the next one runs.
+#
+# 1. Freshly packed demo shards: whether NVDEC decodes the lossless 4:4:4 label/flow streams right
+#    (the config refuses data.loader.label_device=same while it does not), and the loader's frames/s
+#    on `mixed` (NVDEC) against `cpu` in the same process.
 # 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL: step time, peak memory, FLOP/s as a fraction of
-#    this card's measured bf16 matmul peak.
+#    this card's measured bf16 matmul peak, with cudnn.benchmark off and on.
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
-set -euo pipefail
+# 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-$REPO/.venv/bin/python}
-TORCHRUN=${TORCHRUN:-$REPO/.venv/bin/torchrun}
+TORCHRUN=${TORCHRUN:-$("$PY" -c 'import pathlib, sys; print(pathlib.Path(sys.executable).with_name("torchrun"))')}
 WORK=${WORK:-$(mktemp -d /tmp/vid2vid-gpu-check.XXXXXX)}
-export PYTHONPATH=$PWD MLFLOW_DISABLE_TELEMETRY=true PYTHONWARNINGS=ignore::FutureWarning
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} MLFLOW_DISABLE_TELEMETRY=true PYTHONWARNINGS=ignore::FutureWarning
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions_vid2vid}
 echo "== gpu_check $(date -u +%FT%TZ) work=$WORK"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c 'import sys, torch, deepspeed, nvidia.dali as dali
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"deepspeed {deepspeed.__version__}, DALI {dali.__version__}, {torch.cuda.get_device_name()}")' \
+    2>&1 | grep -v Warning
+failed() { echo "FAILED: $1 (exit $2)"; }
+CHECKS=${CHECKS:-1 2 3 4}  # a subset, e.g. CHECKS="1 4"; 3 needs the shards that 1 packs
+want() { [[ " $CHECKS " == *" $1 "* ]]; }
 
 DATA=(data.shards=$WORK/shards data.synth.out=$WORK/synth data.pack.source=$WORK/synth
       data.synth.sequences=8 data.synth.frames=24 data.synth.height=128 data.synth.width=256
       data.clip_frames=8 data.pack.clip_stride=8 data.pack.clips_per_shard=4 data.pack.val_fraction=0.0)
 
-echo "== 1. data: synth + pack, then DALI mixed decode"
+if want 1; then
+echo "== 1. data: synth + pack, NVDEC on the lossless streams, then the mixed loader against the cpu one"
 # A file, not stdin: packing spawns worker processes, which must be able to import the main module.
 cat > "$WORK/data.py" <<'EOF'
-import sys, time, torch
+import sys, time
+import numpy as np
+import torch
 from trainer.config import load
-from dataio import pack, synth
+from dataio import pack, reader, synth
 from dataio.loader import build_loader
+from dataio.pipeline import Draw, GraphSpec, build, feed
+
+
+def host(tensor_list) -> np.ndarray:
+    return np.asarray((tensor_list.as_cpu() if hasattr(tensor_list, "as_cpu") else tensor_list).as_array())
+
+
+def nvdec_on_lossless(cfg) -> None:
+    """One clip's label and flow streams decoded by NVDEC and on the CPU (the option the config refuses)."""
+    clip = reader.first_sample(cfg.data.shards, reader.list_shards(cfg.data.shards, "train"))
+    m = clip.meta
+    out = {}
+    for device in ("cpu", "mixed"):
+        spec = GraphSpec(height=m.height, width=m.width, frames=m.frames, batch_size=1, threads=2,
+                         num_classes=cfg.data.num_classes, label_kind=m.label_kind, has_edges=m.has_edges,
+                         device=device, label_device="same", device_id=0 if device == "mixed" else None,
+                         augment_in_graph=False)
+        try:
+            pipe = build(spec)
+            feed(pipe, spec, [clip.streams], [Draw(0, (0, 0, m.height, m.width), False)], [m])
+            pipe.schedule_run()
+            out[device] = dict(zip(spec.outputs, (host(o) for o in pipe.outputs())))
+        except Exception as err:
+            print(f"NVDEC on lossless 4:4:4 streams: {device} decode FAILED: {type(err).__name__}: {str(err)[:300]}")
+            return
+    label = (out["cpu"]["label"] != out["mixed"]["label"]).mean()
+    flow = np.abs(out["cpu"]["flow"].astype(np.int16) - out["mixed"]["flow"].astype(np.int16))
+    print(f"NVDEC on lossless 4:4:4 streams ({m.width}x{m.height}): class ids differ from the CPU decode in "
+          f"{label:.1%} of pixels (largest id {out['mixed']['label'].max()}, {cfg.data.num_classes} classes); "
+          f"flow bytes differ by {flow.mean():.2f} on average, {flow.max()} at most -> "
+          f"{'usable' if label == 0 and flow.max() <= 1 else 'WRONG: keep data.loader.label_device=cpu'}")
+
+
+def frames_per_s(cfg, device: str) -> float:
+    cfg.data.loader.device, cfg.data.loader.batch_size, cfg.data.loader.threads = device, 4, 4
+    loader = build_loader(cfg.data, 128, 256, 8, epoch_seed=0)
+    started = time.perf_counter()
+    for batch in loader:  # the first epoch pays for pipeline build and decoder warm-up
+        pass
+    torch.cuda.synchronize()
+    warm_up = time.perf_counter() - started
+    frames, started = 0, time.perf_counter()
+    for epoch in range(8):
+        for batch in loader:
+            frames += batch.rgb.shape[0] * batch.rgb.shape[1]
+    torch.cuda.synchronize()
+    took = time.perf_counter() - started
+    print(f"loader {device:5s}: {frames} frames in {took:.2f} s = {frames / took:.0f} frames/s (256x128, T=8, "
+          f"batch 4, 4 DALI threads, every stream; 8 epochs after a {warm_up:.1f} s first one), "
+          f"batches on {batch.rgb.device}, {loader.stats.skipped} skipped")
+    return frames / took
 
 
 def main() -> None:
     cfg = load(None, sys.argv[1:])
     synth.generate(cfg.data.synth)
     pack.pack(cfg.data, progress=False)
-    for label_device in ("same", "cpu"):
-        cfg.data.loader.device, cfg.data.loader.label_device, cfg.data.loader.batch_size = "mixed", label_device, 4
-        try:
-            loader = build_loader(cfg.data, 128, 256, 8, epoch_seed=0)
-            frames, started = 0, time.perf_counter()
-            for epoch in range(3):
-                for batch in loader:
-                    frames += batch.rgb.shape[0] * batch.rgb.shape[1]
-            torch.cuda.synchronize()
-            took = time.perf_counter() - started
-            print(f"mixed decode, label_device={label_device}: {frames} frames in {took:.2f} s = "
-                  f"{frames / took:.0f} frames/s (256x128, T=8, batch 4; includes the first-epoch warm-up), "
-                  f"rgb on {batch.rgb.device}")
-        except Exception as err:  # NVDEC may refuse 4:4:4 VP9: that is the finding
-            print(f"mixed decode, label_device={label_device}: FAILED: {type(err).__name__}: {str(err)[:300]}")
+    nvdec_on_lossless(cfg)
+    cpu = frames_per_s(cfg, "cpu")
+    mixed = frames_per_s(cfg, "mixed")
+    print(f"mixed/cpu loader throughput: {mixed / cpu:.2f}")
 
 
 if __name__ == "__main__":  # packing spawns worker processes that import this file
     main()
 EOF
-timeout 180 "$PY" "$WORK/data.py" "${DATA[@]}"
+timeout 180 "$PY" "$WORK/data.py" "${DATA[@]}" || failed "1. data" $?
+fi
 
+if want 2; then
 echo "== 2. one bf16 ZeRO-2 GAN step on one GPU (NCCL)"
 cat > "$WORK/step.py" <<'EOF'
 import os, statistics, time, warnings
@@ -107,25 +165,40 @@ torch.cuda.reset_peak_memory_stats()
 with FlopCounterMode(display=False) as counter:
     train_batch(pair, batch, settings)
 flops = counter.get_total_flops()
-times = []
-for _ in range(5):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    train_batch(pair, batch, settings)
-    torch.cuda.synchronize()
-    times.append(time.perf_counter() - t)
-step = statistics.median(times)
-print(f"bf16 ZeRO-2 step, demo model, {W}x{H}, T={T}, batch {B}: {step * 1000:.0f} ms (median of 5), "
-      f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, {flops / 1e12:.2f} TFLOP/step, "
-      f"{flops / step / 1e12:.1f} TFLOP/s = {flops / step / peak:.3f} of the measured bf16 peak")
+
+
+def median_step() -> float:
+    times = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        train_batch(pair, batch, settings)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+for benchmark in (False, True):  # cuDNN picking each conv's algorithm by timing the candidates
+    torch.backends.cudnn.benchmark = benchmark
+    if benchmark:
+        train_batch(pair, batch, settings)  # autotunes each conv shape once
+        base = step
+    step = median_step()
+    print(f"bf16 ZeRO-2 step, demo model, {W}x{H}, T={T}, batch {B}, cudnn.benchmark={benchmark}: "
+          f"{step * 1000:.0f} ms (median of 5), peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "
+          f"{flops / 1e12:.2f} TFLOP/step, {flops / step / 1e12:.1f} TFLOP/s = {flops / step / peak:.3f} of "
+          f"the measured bf16 peak")
+print(f"step time cudnn.benchmark=True / False: {step / base:.2f}")
 pair.destroy()
 dist.exit_process(0)
 EOF
-timeout 240 "$TORCHRUN" --standalone --nproc_per_node 1 "$WORK/step.py"
+timeout 240 "$TORCHRUN" --standalone --nproc_per_node 1 "$WORK/step.py" || failed "2. step" $?
+fi
 
+if want 3; then
 echo "== 3. save/resume round trip (trainer, torchrun, NCCL, bf16, ZeRO 2)"
 RUN=(--config "$REPO/configs/tiny_train.yaml" data.shards=$WORK/shards data.clip_frames=8 data.loader.device=mixed
-     data.loader.label_device=cpu train.generator.zero_stage=2 train.discriminator.zero_stage=2
+     train.generator.zero_stage=2 train.discriminator.zero_stage=2
      checkpoint.every_steps=2 checkpoint.keep=4 tracking.enabled=false)
 mkdir -p "$WORK/a" "$WORK/b/checkpoints/tiny"
 (cd "$WORK/a" && timeout 150 "$TORCHRUN" --standalone --nproc_per_node 1 -m trainer "${RUN[@]}" 2>&1 | grep -E "done:|Error")
@@ -140,4 +213,12 @@ diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 print(f"resume round trip: final generator weights max |uninterrupted - resumed| = {diff:.3g} "
       f"({'bit-identical' if diff == 0 else 'GPU kernels are not bit-deterministic by default'})")
 EOF
+[ $? = 0 ] || failed "3. resume" 1
+fi
+
+if want 4; then
+echo "== 4. GPU-marked tests"
+timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/unit/dataio/test_loader_gpu.py \
+    tests/unit/models/test_gpu.py || failed "4. tests" $?
+fi
 echo "== gpu_check done"

@@ -69,7 +69,8 @@ class LoaderConfig:
     device: Literal["cpu", "mixed"] = "cpu"
     """`mixed` decodes video with NVDEC on the GPU; `cpu` decodes on the host (VP9 only)."""
     label_device: Literal["same", "cpu"] = "cpu"
-    """Where lossless label/flow streams decode under `mixed`: NVDEC may refuse 4:4:4 VP9."""
+    """Where the lossless label/flow/edge streams decode under `mixed`. Only `cpu` is accepted: NVDEC
+    decodes their 4:4:4 VP9 wrongly (`benchmarks/gpu_check.sh` probes it; docs/performance.md)."""
     batch_size: int = 2
     threads: int = 2
     """DALI CPU threads per pipeline."""
@@ -90,6 +91,10 @@ class LoaderConfig:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.label_device != "cpu":
+            # Seen on an H200 with DALI 2.4: class ids 128-255 out of 8 in half of the clips.
+            raise ValueError(f"label_device={self.label_device!r} is refused: NVDEC decodes the lossless "
+                             "4:4:4 label/flow streams wrongly; use 'cpu' (RGB still decodes on the GPU)")
 
 
 @dataclass

@@ -51,6 +51,7 @@ from dataio import reader
 from dataio.augment import Arenas, BatchTensors, Writer
 from dataio.config import DataConfig
 from dataio.pipeline import Decoded, Decoder, Draw, GraphSpec
+from dataio.storage import describe
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ _MIN_READ = 32
 """Samples read before the bad fraction is checked mid-epoch (see the module docstring)."""
 _PREFETCH = 64
 """Samples the reader thread may hold ahead of decoding."""
+NVDEC_MIN_SIDE = 128
+"""NVDEC refuses smaller VP9 frames ("Video is too small ... supported: 128x128", H200, DALI 2.4):
+every sample would be skipped as bad, so ``mixed`` on such shards is refused up front."""
 
 
 class BadDataError(RuntimeError):
@@ -114,6 +118,11 @@ def build_loader(cfg: DataConfig, height: int, width: int, frames: int, *, split
                          f"more than data.num_classes={cfg.num_classes}")
     device_id = None
     if loader_cfg.device == "mixed":
+        if min(layout.min_height, layout.min_width) < NVDEC_MIN_SIDE:
+            raise ValueError(f"data.loader.device=mixed decodes with NVDEC, which refuses VP9 frames under "
+                             f"{NVDEC_MIN_SIDE}x{NVDEC_MIN_SIDE}; {split} clips under "
+                             f"{describe(cfg.shards)} are stored as small as "
+                             f"{layout.min_width}x{layout.min_height}: use data.loader.device=cpu")
         if not torch.cuda.is_available():
             raise RuntimeError("loader.device is 'mixed' but no CUDA device is visible; use 'cpu'")
         device_id = torch.cuda.current_device()

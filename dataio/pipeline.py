@@ -16,9 +16,12 @@ Two graphs, one per device:
   negative in x for a mirrored sample. Outputs are the batch tensors' layout (FCHW float):
   ``rgb`` in [-1, 1], ``labels`` (one-hot of nearest-neighbour ids, or a rendering / 255, then
   edges / 255), ``flow`` in output pixels, ``flow_conf`` in [0, 1]. RGB decodes with NVDEC; the
-  lossless 4:4:4 streams decode on the CPU when ``label_device="cpu"`` (NVDEC's VP9 is usually
-  4:2:0 only) and move to the GPU as uint8 frames before resizing. This graph also runs on the CPU,
-  which is how the tests check it against ``dataio.augment`` without a GPU.
+  lossless 4:4:4 streams decode on the CPU when ``label_device="cpu"`` and move to the GPU as uint8
+  frames before resizing. ``label_device="same"`` (NVDEC for them too) exists only for the probe in
+  ``benchmarks/gpu_check.sh``: NVDEC decodes them wrongly (class ids 128-255 of 8, seen on an H200
+  with DALI 2.4), so ``LoaderConfig`` refuses it. NVDEC also refuses VP9 frames under 128x128
+  (``dataio.loader`` checks before decoding). This graph also runs on the CPU, which is how the
+  tests check it against ``dataio.augment`` without a GPU.
 
 Both graphs also output ``label_max`` (largest class id, to refuse out-of-range ids) and each
 stream's decoded shape (to refuse a stream shorter or smaller than its metadata says). Edges are

@@ -62,6 +62,9 @@ class Layout:
     has_edges: bool
     """True when any sample of the split carries ``edge.webm`` (the others get a zero edge channel)."""
     num_classes: int
+    min_height: int
+    min_width: int
+    """The smallest stored frame size among the split's clips (NVDEC has a minimum)."""
 
 
 def manifest_or_none(url: str) -> Manifest | None:
@@ -89,9 +92,10 @@ def layout(url: str, split: str, shards: list[str], manifest: Manifest | None = 
     """The split's label layout, from the manifest when there is one, else from its first sample."""
     if manifest is not None:
         rows = [row for row in manifest.rows if row.split == split]
-        return Layout(manifest.label_kind, any(row.has_edges for row in rows), manifest.num_classes)
+        return Layout(manifest.label_kind, any(row.has_edges for row in rows), manifest.num_classes,
+                      min(row.height for row in rows), min(row.width for row in rows))
     meta = first_sample(url, shards).meta
-    return Layout(meta.label_kind, meta.has_edges, meta.num_classes)
+    return Layout(meta.label_kind, meta.has_edges, meta.num_classes, meta.height, meta.width)
 
 
 def shards_for_rank(shards: list[str], rank: int, world_size: int, seed: int, epoch: int,

@@ -194,6 +194,14 @@ def test_shapes_ranges_and_channels(packed: DataConfig) -> None:
         build_loader(packed, 32, 48, CLIP + 1)
 
 
+def test_mixed_refuses_what_nvdec_cannot_decode(packed: DataConfig) -> None:
+    """Checked before any GPU is looked for: frames under NVDEC's VP9 minimum, NVDEC for lossless streams."""
+    with pytest.raises(ValueError, match=rf"loader.device=mixed .* 128x128.* {W}x{H}: use data.loader.device=cpu"):
+        build_loader(with_loader(packed, device="mixed"), 32, 48, 4)
+    with pytest.raises(ValueError, match="label_device='same' is refused: NVDEC"):
+        with_loader(packed, device="mixed", label_device="same")
+
+
 def test_epochs_reshuffle_and_reproduce(packed: DataConfig) -> None:
     cfg = with_loader(packed, batch_size=3, shuffle_buffer=4)
     first = build_loader(cfg, 32, 48, 4)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 def packed(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
     root = tmp_path_factory.mktemp("gpu")
     cfg = DataConfig(shards=str(root / "shards"), num_classes=8, clip_frames=8,
-                     synth=SynthConfig(out=str(root / "source"), sequences=2, frames=12, height=64, width=96),
+                     synth=SynthConfig(out=str(root / "source"), sequences=2, frames=12, height=128, width=160),
                      pack=PackConfig(source=str(root / "source"), clips_per_shard=2, clip_stride=4,
                                      val_fraction=0.0, workers=1),
                      loader=LoaderConfig(batch_size=2, min_scale=0.7))
