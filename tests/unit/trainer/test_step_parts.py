@@ -71,6 +71,9 @@ def test_ds_config_is_explicit() -> None:
     # The grad norm is skipped only when nothing clips with it (DeepSpeed refuses it otherwise),
     # and only ZeRO 1/2 accept the setting at all.
     assert cfg["zero_optimization"]["compute_grad_norm"] is False
+    # Gradients into a contiguous buffer: DeepSpeed's default on GPUs, pure copying on the CPU.
+    assert cfg["zero_optimization"].get("contiguous_gradients", True) is torch.cuda.is_available()
+    assert "contiguous_gradients" not in ds_config(EngineConfig(zero_stage=1), micro_batch=1, world=2)["zero_optimization"]
     clipped = ds_config(EngineConfig(zero_stage=2, grad_clip=1.0), micro_batch=1, world=2)
     assert "compute_grad_norm" not in clipped["zero_optimization"] and clipped["gradient_clipping"] == 1.0
     assert ds_config(EngineConfig(zero_stage=0), micro_batch=1, world=2)["zero_optimization"] == {"stage": 0}
