@@ -31,10 +31,12 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.
     2>&1 | grep -v Warning
 failed() { echo "FAILED: $1 (exit $2)"; }
 CHECKS=${CHECKS:-1 2 3 4}  # a subset, e.g. CHECKS="1 4"; 3 needs the shards that 1 packs
+SIZE=${SIZE:-128x256}      # HEIGHTxWIDTH of the clips that 1 makes and times the loaders on
+SEQUENCES=${SEQUENCES:-8}  # synthetic sequences of 24 frames that 1 makes (3 clips of 8 each)
 want() { [[ " $CHECKS " == *" $1 "* ]]; }
 
 DATA=(data.shards=$WORK/shards data.synth.out=$WORK/synth data.pack.source=$WORK/synth
-      data.synth.sequences=8 data.synth.frames=24 data.synth.height=128 data.synth.width=256
+      data.synth.sequences=$SEQUENCES data.synth.frames=24 data.synth.height=${SIZE%x*} data.synth.width=${SIZE#*x}
       data.clip_frames=8 data.pack.clip_stride=8 data.pack.clips_per_shard=4 data.pack.val_fraction=0.0)
 
 if want 1; then
@@ -82,7 +84,8 @@ def nvdec_on_lossless(cfg) -> None:
 
 def frames_per_s(cfg, device: str) -> float:
     cfg.data.loader.device, cfg.data.loader.batch_size, cfg.data.loader.threads = device, 4, 4
-    loader = build_loader(cfg.data, 128, 256, 8, epoch_seed=0)
+    height, width = cfg.data.synth.height, cfg.data.synth.width
+    loader = build_loader(cfg.data, height, width, 8, epoch_seed=0)
     started = time.perf_counter()
     for batch in loader:  # the first epoch pays for pipeline build and decoder warm-up
         pass
@@ -94,7 +97,7 @@ def frames_per_s(cfg, device: str) -> float:
             frames += batch.rgb.shape[0] * batch.rgb.shape[1]
     torch.cuda.synchronize()
     took = time.perf_counter() - started
-    print(f"loader {device:5s}: {frames} frames in {took:.2f} s = {frames / took:.0f} frames/s (256x128, T=8, "
+    print(f"loader {device:5s}: {frames} frames in {took:.2f} s = {frames / took:.0f} frames/s ({width}x{height}, T=8, "
           f"batch 4, 4 DALI threads, every stream; 8 epochs after a {warm_up:.1f} s first one), "
           f"batches on {batch.rgb.device}, {loader.stats.skipped} skipped")
     return frames / took
@@ -189,6 +192,19 @@ for benchmark in (False, True):  # cuDNN picking each conv's algorithm by timing
           f"{flops / 1e12:.2f} TFLOP/step, {flops / step / 1e12:.1f} TFLOP/s = {flops / step / peak:.3f} of "
           f"the measured bf16 peak")
 print(f"step time cudnn.benchmark=True / False: {step / base:.2f}")
+torch.backends.cudnn.benchmark = False
+
+# Where the time goes: GPU kernel time against the step's wall time, and the costliest kernels.
+from torch.profiler import ProfilerActivity, profile
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    train_batch(pair, batch, settings)
+    torch.cuda.synchronize()
+events = prof.key_averages()
+# Kernels only: op-level rows carry their kernels' time too and would count it twice.
+busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({busy / base:.2f}): the rest is the "
+      f"host launching work (Python, DeepSpeed hooks, kernel launches)")
+print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
 pair.destroy()
 dist.exit_process(0)
 EOF
