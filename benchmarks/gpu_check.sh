@@ -12,7 +12,8 @@
 #    (the config refuses data.loader.label_device=same while it does not), and the loader's frames/s
 #    on `mixed` (NVDEC) against `cpu` in the same process.
 # 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL: step time, peak memory, FLOP/s as a fraction of
-#    this card's measured bf16 matmul peak, with cudnn.benchmark off and on.
+#    this card's measured bf16 matmul peak, with cudnn.benchmark off and on; the GPU's kernel time
+#    against the step's (a profile), and per-sample time at 4x the batch and with channels_last inputs.
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
 set -uo pipefail
@@ -170,12 +171,12 @@ with FlopCounterMode(display=False) as counter:
 flops = counter.get_total_flops()
 
 
-def median_step() -> float:
+def median_step(clips=None) -> float:
     times = []
     for _ in range(5):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        train_batch(pair, batch, settings)
+        train_batch(pair, clips or batch, settings)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
@@ -205,6 +206,24 @@ busy = sum(e.self_device_time_total for e in events if e.device_type == torch.au
 print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({busy / base:.2f}): the rest is the "
       f"host launching work (Python, DeepSpeed hooks, kernel launches)")
 print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
+def random_clips(b: int, channels_last: bool = False) -> SimpleNamespace:
+    ids = torch.randint(0, 9, (b, T, H, W), device=dev)
+    clips = dict(rgb=torch.rand(b, T, 3, H, W, device=dev) * 2 - 1,
+                 labels=torch.nn.functional.one_hot(ids, 9).permute(0, 1, 4, 2, 3).float(),
+                 flow=torch.randn(b, T, 2, H, W, device=dev), flow_conf=torch.rand(b, T, 1, H, W, device=dev))
+    if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
+        clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
+    return SimpleNamespace(**clips)
+
+
+# What a user can change without code: a larger batch per GPU, and channels_last inputs.
+for label, clips, samples in ((f"batch {4 * B}", random_clips(4 * B), 4 * B),
+                              (f"batch {B}, channels_last inputs", random_clips(B, channels_last=True), B)):
+    train_batch(pair, clips, settings)  # warm-up for the new shapes / layout
+    took = median_step(clips)
+    print(f"{label}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / B):.2f} of batch {B}'s")
 pair.destroy()
 dist.exit_process(0)
 EOF
