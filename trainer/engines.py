@@ -62,7 +62,7 @@ def ds_config(cfg: EngineConfig, micro_batch: int, world: int) -> dict[str, Any]
         if cfg.zero_stage == 2 and not torch.cuda.is_available():
             # On the CPU, copying each gradient into a contiguous buffer as it is produced (DeepSpeed's
             # default, against fragmentation of GPU memory) is pure cost: benchmarks/zero.py, 73.5M
-            # model, 2 CPU ranks: 1.23-1.25x -> 1.10-1.11x of stage 0's step time.
+            # model, 2 CPU ranks: 1.22-1.25x -> 1.09-1.19x (median 1.13x) of stage 0's step time.
             config["zero_optimization"]["contiguous_gradients"] = False
         if not cfg.grad_clip:
             # Without clipping nothing reads the global gradient norm; computing it costs a pass over
