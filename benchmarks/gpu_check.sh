@@ -159,10 +159,19 @@ settings = StepSettings(loss=cfg.loss, prev_frames=cfg.generator.prev_frames, fr
                         temporal_frames=cfg.discriminator.temporal_frames,
                         temporal_scales=cfg.discriminator.temporal_scales, dtype=torch.bfloat16)
 H, W, T, B = 256, 512, 4, 4
-ids = torch.randint(0, 9, (B, T, H, W), device=dev)
-batch = SimpleNamespace(rgb=torch.rand(B, T, 3, H, W, device=dev) * 2 - 1,
-                        labels=torch.nn.functional.one_hot(ids, 9).permute(0, 1, 4, 2, 3).float(),
-                        flow=torch.randn(B, T, 2, H, W, device=dev), flow_conf=torch.rand(B, T, 1, H, W, device=dev))
+
+
+def random_clips(b: int, channels_last: bool = False) -> SimpleNamespace:
+    ids = torch.randint(0, 9, (b, T, H, W), device=dev)
+    clips = dict(rgb=torch.rand(b, T, 3, H, W, device=dev) * 2 - 1,
+                 labels=torch.nn.functional.one_hot(ids, 9).permute(0, 1, 4, 2, 3).float(),
+                 flow=torch.randn(b, T, 2, H, W, device=dev), flow_conf=torch.rand(b, T, 1, H, W, device=dev))
+    if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
+        clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
+    return SimpleNamespace(**clips)
+
+
+batch = random_clips(B)
 train_batch(pair, batch, settings)  # warm-up (cuDNN autotune, lazy optimizer state)
 torch.cuda.synchronize()
 torch.cuda.reset_peak_memory_stats()
@@ -207,15 +216,6 @@ print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({
       f"host launching work (Python, DeepSpeed hooks, kernel launches)")
 print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
 
-
-def random_clips(b: int, channels_last: bool = False) -> SimpleNamespace:
-    ids = torch.randint(0, 9, (b, T, H, W), device=dev)
-    clips = dict(rgb=torch.rand(b, T, 3, H, W, device=dev) * 2 - 1,
-                 labels=torch.nn.functional.one_hot(ids, 9).permute(0, 1, 4, 2, 3).float(),
-                 flow=torch.randn(b, T, 2, H, W, device=dev), flow_conf=torch.rand(b, T, 1, H, W, device=dev))
-    if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
-        clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
-    return SimpleNamespace(**clips)
 
 
 # What a user can change without code: a larger batch per GPU, and channels_last inputs.
