@@ -12,6 +12,7 @@ from typing import Literal
 NormKind = Literal["spade", "instance", "batch"]
 DiscriminatorNorm = Literal["instance", "batch", "none"]
 GanMode = Literal["hinge", "lsgan", "nonsaturating"]
+MaskTarget = Literal["occlusion", "output"]
 
 # VGG19 relu1_1 .. relu5_1, weighted as in pix2pixHD / vid2vid.
 PAPER_VGG_LAYER_WEIGHTS = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
@@ -131,12 +132,33 @@ class LossConfig:
     """Weights of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1."""
     style: float = 0.0
     """Gram-matrix style loss on the same VGG19 features (0: off)."""
+    hallucinated: float = 1.0
+    """The image terms (GAN, feature matching, perceptual) applied once more to the raw hallucinated
+    frame h of every frame that has a flow, at this fraction of their weights; the image
+    discriminator also learns to reject h. Without it h is trained only through the composite, so
+    where the mask is small h gets almost no gradient (the reference codes use 1)."""
+    label_only: float = 1.0
+    """The image terms on the frame the labels alone give, generated beside every frame that has
+    previous frames (sharing the label encoder), at this fraction of their weights; the image
+    discriminator also learns to reject it. That path makes the first frame, which seeds every later
+    one, but is otherwise trained on 1 frame of T. 0: off."""
     flow: float = 10.0
     """L1 between predicted and target flow, weighted by the target's confidence."""
     warp: float = 10.0
     """L1 between the real previous frame warped by the predicted flow and the real frame."""
-    mask: float = 1.0
-    """Pushes the occlusion mask to 0 where the warped real frame matches, to 1 where it does not."""
+    output_warp: float = 10.0
+    """L1 between each output frame and the previous output warped by the target flow (detached),
+    weighted by the flow's confidence: the output's own temporal inconsistency (reference: 10)."""
+    mask: float = 10.0
+    """Pushes the occlusion mask to 0 (warp) or 1 (hallucinate) as ``mask_target`` says (imaginaire's
+    weight)."""
+    mask_target: MaskTarget = "occlusion"
+    """Where the mask should hallucinate. ``occlusion``: where the data says the content is new: the
+    target flow is not trusted (low forward-backward confidence: occlusions, content entering the
+    frame) or does not carry the previous label map onto the current one (an uncovered surface of
+    another class); independent of how good the output already is. ``output``: where the previous
+    output warped by the predicted flow differs from the real frame (imaginaire's rule): while the
+    output is still far from the real frames that is almost everywhere."""
     vgg_weights: str = ""
     """Local file with torchvision's VGG19 state dict (``vgg19-dcbb9e9d.pth`` layout). Nothing is
     downloaded. Empty means NO perceptual or style loss: a randomly initialised VGG is never used
@@ -144,7 +166,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in ("gan", "temporal_gan", "feature_matching", "temporal_feature_matching",
-                     "perceptual", "style", "flow", "warp", "mask"):
+                     "perceptual", "style", "hallucinated", "label_only", "flow", "warp", "output_warp", "mask"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss weight '{name}' must be >= 0, got {getattr(self, name)}")
         if len(self.perceptual_layers) != 5 or any(w < 0 for w in self.perceptual_layers):

@@ -37,6 +37,9 @@ class GeneratorOutput:
     """m [B, 1, H, W] in [0, 1]; 1 means hallucinated."""
     warped: Tensor | None
     """``warp(previous output, w)`` [B, 3, H, W]."""
+    label_only: Tensor | None = None
+    """The frame the labels alone give [B, 3, H, W] (what the first frame is), computed beside a
+    frame that has previous frames when ``forward(..., label_only=True)`` asks for it."""
 
 
 class Generator(nn.Module):
@@ -92,12 +95,16 @@ class Generator(nn.Module):
         return 2 ** (self.cfg.n_downsample + self._active - 1)
 
     # -- one frame -----------------------------------------------------------------------------
-    def forward(self, labels: Tensor, prev_frames: Tensor | None = None) -> GeneratorOutput:
+    def forward(self, labels: Tensor, prev_frames: Tensor | None = None, label_only: bool = False,
+                flow: Tensor | None = None) -> GeneratorOutput:
         """Generate frame t.
 
         ``labels`` [B, n, C, H, W]: label maps of frames t-n+1..t (n <= L+1; fewer at the start of
         a clip: the earliest is repeated). ``prev_frames`` [B, m, 3, H, W]: outputs for frames
         t-m..t-1 (m <= L, earliest repeated likewise), or None / m = 0 for the first frame.
+        ``label_only``: with previous frames, also generate the frame from the labels alone (the
+        trainer trains the first frame's path on every frame with it). ``flow`` [B, 2, H, W]: warp with
+        this flow instead of the predicted one (a diagnostic: the same generator with a perfect flow).
         """
         labels, prev = self._prepare(labels, prev_frames)
         cond = labels[:, -1]
@@ -109,13 +116,14 @@ class Generator(nn.Module):
             factor = 2 ** (self._active - 1 - index)
             result = self.scales[index](
                 _pool(labels_flat, factor), None if prev_flat is None else _pool(prev_flat, factor),
-                _pool(cond, factor), coarse=result)
+                _pool(cond, factor), coarse=result, label_only=label_only)
         assert result is not None
         if result.flow is None:
             return GeneratorOutput(result.hallucinated, result.hallucinated, None, None, None)
-        warped = warp(prev[:, -1], result.flow)
+        used = result.flow if flow is None else flow
+        warped = warp(prev[:, -1], used)
         image = (1 - result.mask) * warped + result.mask * result.hallucinated
-        return GeneratorOutput(image, result.hallucinated, result.flow, result.mask, warped)
+        return GeneratorOutput(image, result.hallucinated, used, result.mask, warped, result.label_only)
 
     def _prepare(self, labels: Tensor, prev_frames: Tensor | None) -> tuple[Tensor, Tensor | None]:
         cfg = self.cfg
@@ -161,11 +169,13 @@ class ClipOutput:
     has_flow: Tensor
 
 
-def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True) -> ClipOutput:
+def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True,
+                  flow: Tensor | None = None) -> ClipOutput:
     """Generate a clip [B, T, C, H, W] frame by frame, feeding each output back as a previous frame.
 
     ``detach_prev`` cuts the graph between frames (vid2vid backpropagates one frame at a time);
     the outputs keep their own graphs, so a trainer can call this under autograd and sum losses.
+    ``flow`` [B, T, 2, H, W]: warp with it instead of the predicted flow (see ``Generator.forward``).
     """
     frames = labels.shape[1]
     history = generator.cfg.prev_frames
@@ -173,7 +183,8 @@ def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True
     previous: list[Tensor] = []
     for t in range(frames):
         prev = torch.stack(previous[-history:], dim=1) if previous and history else None
-        out = generator(labels[:, max(0, t - history):t + 1], prev)
+        given = None if flow is None or prev is None else flow[:, t]
+        out = generator(labels[:, max(0, t - history):t + 1], prev, flow=given)
         outputs.append(out)
         previous.append(out.image.detach() if detach_prev else out.image)
     return _stack(outputs)

@@ -100,12 +100,19 @@ class CondSequential(nn.ModuleList):
 
 
 class OutputConv(nn.Module):
-    """Reflection-padded 7x7 conv to the output channels (no norm, no activation)."""
+    """Reflection-padded 7x7 conv to the output channels (no norm, no activation).
 
-    def __init__(self, c_in: int, c_out: int, conv: ConvFactory = nn.Conv2d) -> None:
+    ``zero_init``: a plain convolution starting at weights and bias 0, so the head outputs 0 until it
+    learns otherwise (spectral normalization cannot start there: it divides by the weight's norm).
+    """
+
+    def __init__(self, c_in: int, c_out: int, conv: ConvFactory = nn.Conv2d, zero_init: bool = False) -> None:
         super().__init__()
         self.pad = nn.ReflectionPad2d(3)
-        self.conv = conv(c_in, c_out, 7)
+        self.conv = nn.Conv2d(c_in, c_out, 7) if zero_init else conv(c_in, c_out, 7)
+        if zero_init:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.pad(x))

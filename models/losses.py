@@ -1,7 +1,9 @@
 """The terms of the vid2vid objective as plain functions of tensors (unweighted).
 
 Discriminator outputs are ``list[list[Tensor]]`` (per spatial scale, features with logits last).
-GAN terms average over spatial scales, so a weight means the same for any ``num_D``.
+GAN terms are summed over the discriminator's spatial scales and feature matching is weighted as in
+the reference code (NVIDIA/vid2vid ``GANLoss`` and ``GAN_and_FM_loss``), so the reference's loss
+weights mean the same here.
 """
 from __future__ import annotations
 
@@ -47,11 +49,12 @@ def discriminator_gan_loss(real: DOutput | Tensor, fake: DOutput | Tensor, mode:
         else:
             real_terms.append(F.softplus(-r).mean())
             fake_terms.append(F.softplus(f).mean())
-    return torch.stack(real_terms).mean(), torch.stack(fake_terms).mean()
+    return torch.stack(real_terms).sum(), torch.stack(fake_terms).sum()
 
 
 def generator_gan_loss(fake: DOutput | Tensor, mode: str) -> Tensor:
-    """The generator's adversarial term: hinge -D(G), lsgan (D(G) - 1)^2, nonsaturating softplus(-D(G))."""
+    """The generator's adversarial term, summed over scales: hinge -D(G), lsgan (D(G) - 1)^2,
+    nonsaturating softplus(-D(G))."""
     _check_mode(mode)
     terms = []
     for f in _logits(fake):
@@ -61,18 +64,18 @@ def generator_gan_loss(fake: DOutput | Tensor, mode: str) -> Tensor:
             terms.append((f - 1).pow(2).mean())
         else:
             terms.append(F.softplus(-f).mean())
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum()
 
 
 def feature_matching_loss(fake: DOutput, real: DOutput) -> Tensor:
-    """L1 between intermediate features (logits excluded) on fake and real input, summed over
-    layers and averaged over scales; real features are detached. At pix2pixHD's default depth
-    (n_layers = 3) this equals its ``4 / (n_layers + 1) / num_D`` weighting."""
+    """L1 between intermediate features (logits excluded) on fake and real input; real features are
+    detached. ``4 x`` the mean over scales and layers: the reference's ``sum over scales and layers of
+    4 / (n_layers + 1) / num_D`` (an n_layers PatchGAN has n_layers + 1 intermediate outputs)."""
     per_scale = []
     for f_scale, r_scale in zip(fake, real, strict=True):
         layers = [F.l1_loss(f, r.detach()) for f, r in zip(f_scale[:-1], r_scale[:-1], strict=True)]
-        per_scale.append(torch.stack(layers).sum())
-    return torch.stack(per_scale).mean()
+        per_scale.append(torch.stack(layers).mean())
+    return 4 * torch.stack(per_scale).mean()
 
 
 def masked_l1(prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -93,13 +96,38 @@ def warp_loss(real_prev: Tensor, real: Tensor, flow: Tensor, confidence: Tensor 
     return masked_l1(warp(real_prev, flow), real, confidence)
 
 
-def mask_loss(mask: Tensor, warped_real: Tensor, real: Tensor) -> Tensor:
-    """Push m to 0 where warping the real previous frame already gives the real frame, to 1 where it
-    does not (imaginaire's rule). ``conf = clamp(1 - sum_c |warped - real|, 0, 1)``, detached;
-    loss = mean(conf * m) + mean((1 - conf) * (1 - m))."""
+def mask_loss(mask: Tensor, keep: Tensor) -> Tensor:
+    """Push the occlusion mask m to 0 (warp) where ``keep`` is 1 and to 1 (hallucinate) where it is 0:
+    mean(keep * m) + mean((1 - keep) * (1 - m)) (imaginaire's form); ``keep`` [..., 1, H, W] in [0, 1]
+    is detached by the caller's choice of rule (``warp_agreement`` or the flow's confidence)."""
+    keep = keep.detach()
+    return masked_l1(mask, torch.zeros_like(mask), keep) + masked_l1(mask, torch.ones_like(mask), 1 - keep)
+
+
+def label_agreement(labels: Tensor, labels_prev: Tensor, flow: Tensor) -> Tensor:
+    """Where the previous label map carried along ``flow`` is the current one [..., 1, H, W] in [0, 1]:
+    ``clamp(1 - sum_c |labels - warp(labels_prev, flow)| / 2, 0, 1)`` (1 - the total-variation
+    distance for one-hot maps), detached. Content a moving object uncovers changes class there."""
     with torch.no_grad():
-        conf = (1 - (warped_real - real).abs().sum(dim=-3, keepdim=True)).clamp(0, 1)
-    return masked_l1(mask, torch.zeros_like(mask), conf) + masked_l1(mask, torch.ones_like(mask), 1 - conf)
+        carried = warp(labels_prev, flow)
+        return (1 - (labels - carried).abs().sum(dim=-3, keepdim=True) / 2).clamp(0, 1)
+
+
+def warp_agreement(warped: Tensor, real: Tensor) -> Tensor:
+    """imaginaire's "the warp is right here": ``clamp(1 - sum_c |warped - real|, 0, 1)`` [..., 1, H, W]
+    (frames in [-1, 1]), detached."""
+    with torch.no_grad():
+        return (1 - (warped - real).abs().sum(dim=-3, keepdim=True)).clamp(0, 1)
+
+
+def output_warp_loss(output: Tensor, output_prev: Tensor, reference_flow: Tensor,
+                     confidence: Tensor | None = None) -> Tensor:
+    """L1 between output frame t and the previous output frame carried to t along the *reference*
+    flow (detached), where the flow is trusted: penalises the output's own flicker (the reference
+    code's ``G_Warp`` term). Zero for a clip that is an exact warp of itself."""
+    with torch.no_grad():
+        carried = warp(output_prev, reference_flow)
+    return masked_l1(output, carried, confidence)
 
 
 def perceptual_loss(fake_features: Sequence[Tensor], real_features: Sequence[Tensor],

@@ -2,18 +2,23 @@
 
 A term is present in the returned dict only when its weight is > 0 and its inputs were given:
 no flow before the second frame, no perceptual term without a VGG network. Values are weighted.
+
+The terms follow the reference code (NVIDIA/vid2vid ``Vid2VidModelD.forward``, imaginaire's
+``FlowLoss``): image GAN and feature matching on each output frame, and again on the raw hallucinated
+frame h; temporal GAN and feature matching on windows of frames; flow to its target; the real previous
+frame warped by the predicted flow to the real frame; the occlusion mask to where the warped previous
+*output* is wrong; the output to its own previous frame carried along the target flow.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from models import losses
 from models.config import LossConfig
-from models.warp import warp
 
 DOutput = Sequence[Sequence[Tensor]]
 
@@ -27,32 +32,58 @@ class FlowInputs:
     real: Tensor
     """Real frames t."""
     real_prev: Tensor
-    """Real frames t-1 (warped by ``flow`` for the warp and mask terms)."""
+    """Real frames t-1 (warped by ``flow`` for the warp term)."""
     target: Tensor | None = None
     """Flow target from the data (``flow[t]`` of the shard)."""
     confidence: Tensor | None = None
     """Confidence of the target [..., 1, H, W] in [0, 1]; weights the flow and warp terms."""
     mask: Tensor | None = None
     """Predicted occlusion mask m [..., 1, H, W]."""
+    warped: Tensor | None = None
+    """The previous output warped by ``flow``: what the composite shows where m = 0 (mask target)."""
+    output: Tensor | None = None
+    """Output frames t (in the generator's graph), for the output-warp term."""
+    output_prev: Tensor | None = None
+    """Output frames t-1 (detached), carried to t along ``target`` by the output-warp term."""
+    labels: Tensor | None = None
+    """Label maps of frames t and t-1 [..., C, H, W]: where ``target`` does not carry the one onto the
+    other, the content is new (the ``occlusion`` mask target)."""
+    labels_prev: Tensor | None = None
+
+
+@dataclass
+class ExtraFrames:
+    """Frames besides the output that the image terms judge as well, for the frames that have a flow:
+    ``hallucinated`` (the raw h) or ``label_only`` (what the labels alone give: the first frame's
+    path). Their terms are weighted by the config field of that name and logged as ``<name>_gan`` ...
+    [..., 3, H, W], aligned with ``real`` and the image discriminator's outputs on both."""
+    name: Literal["hallucinated", "label_only"]
+    images: Tensor
+    real: Tensor
+    d_fake: DOutput
+    d_real: DOutput
 
 
 def generator_losses(cfg: LossConfig, *, fake: Tensor, real: Tensor,
                      d_fake: DOutput, d_real: DOutput,
                      t_fake: Sequence[DOutput] = (), t_real: Sequence[DOutput] = (),
-                     flow: FlowInputs | None = None, vgg: nn.Module | None = None) -> dict[str, Tensor]:
+                     flow: FlowInputs | None = None, extra: Sequence[ExtraFrames] = (),
+                     vgg: nn.Module | None = None) -> dict[str, Tensor]:
     """Generator-side terms.
 
     ``fake``/``real`` [..., 3, H, W]; ``d_fake``/``d_real`` the image discriminator on them;
     ``t_fake``/``t_real`` one temporal-discriminator output per temporal scale (summed over scales);
-    ``flow`` the flow-related tensors of the frames that have a flow.
+    ``flow`` the flow-related tensors of the frames that have a flow; ``extra`` more frames for the
+    image terms (``hallucinated_*``, ``label_only_*``, at that fraction of their weights).
     """
     if vgg is None and cfg.uses_vgg:
         raise ValueError(f"loss.vgg_weights is set ({cfg.vgg_weights}) but no VGG network was passed")
-    terms: dict[str, Tensor] = {}
-    if cfg.gan > 0:
-        terms["gan"] = cfg.gan * losses.generator_gan_loss(d_fake, cfg.gan_mode)
-    if cfg.feature_matching > 0:
-        terms["feature_matching"] = cfg.feature_matching * losses.feature_matching_loss(d_fake, d_real)
+    terms = _image_terms(cfg, 1.0, fake, real, d_fake, d_real, vgg)
+    for frames in extra:
+        weight = getattr(cfg, frames.name)
+        if weight > 0:
+            more = _image_terms(cfg, weight, frames.images, frames.real, frames.d_fake, frames.d_real, vgg)
+            terms.update({f"{frames.name}_{term}": value for term, value in more.items()})
     if len(t_fake) != len(t_real):
         raise ValueError(f"t_fake has {len(t_fake)} temporal scales, t_real {len(t_real)}")
     if t_fake and cfg.temporal_gan > 0:
@@ -61,37 +92,78 @@ def generator_losses(cfg: LossConfig, *, fake: Tensor, real: Tensor,
     if t_fake and cfg.temporal_feature_matching > 0:
         terms["temporal_feature_matching"] = cfg.temporal_feature_matching * _sum(
             losses.feature_matching_loss(f, r) for f, r in zip(t_fake, t_real))
-    if vgg is not None and (cfg.perceptual > 0 or cfg.style > 0):
-        fake_feats = vgg(fake.reshape(-1, *fake.shape[-3:]))
-        with torch.no_grad():
-            real_feats = vgg(real.reshape(-1, *real.shape[-3:]))
-        if cfg.perceptual > 0:
-            terms["perceptual"] = cfg.perceptual * losses.perceptual_loss(
-                fake_feats, real_feats, cfg.perceptual_layers)
-        if cfg.style > 0:
-            terms["style"] = cfg.style * losses.style_loss(fake_feats, real_feats)
     if flow is not None:
-        if flow.target is not None and cfg.flow > 0:
-            terms["flow"] = cfg.flow * losses.flow_loss(flow.flow, flow.target, flow.confidence)
-        if cfg.warp > 0 or (cfg.mask > 0 and flow.mask is not None):
-            warped_real = warp(flow.real_prev, flow.flow)
-            if cfg.warp > 0:
-                terms["warp"] = cfg.warp * losses.masked_l1(warped_real, flow.real, flow.confidence)
-            if cfg.mask > 0 and flow.mask is not None:
-                terms["mask"] = cfg.mask * losses.mask_loss(flow.mask, warped_real, flow.real)
+        terms.update(_flow_terms(cfg, flow))
     if not terms:
         raise ValueError("every generator loss term is off or lacks its inputs")
     terms["total"] = _sum(terms.values())
     return terms
 
 
+def _image_terms(cfg: LossConfig, scale: float, fake: Tensor, real: Tensor, d_fake: DOutput, d_real: DOutput,
+                 vgg: nn.Module | None) -> dict[str, Tensor]:
+    """GAN, feature matching and VGG terms of ``fake`` frames, each at ``scale`` x its weight."""
+    terms: dict[str, Tensor] = {}
+    if cfg.gan > 0:
+        terms["gan"] = scale * cfg.gan * losses.generator_gan_loss(d_fake, cfg.gan_mode)
+    if cfg.feature_matching > 0:
+        terms["feature_matching"] = scale * cfg.feature_matching * losses.feature_matching_loss(d_fake, d_real)
+    if vgg is not None and (cfg.perceptual > 0 or cfg.style > 0):
+        fake_feats = vgg(fake.reshape(-1, *fake.shape[-3:]))
+        with torch.no_grad():
+            real_feats = vgg(real.reshape(-1, *real.shape[-3:]))
+        if cfg.perceptual > 0:
+            terms["perceptual"] = scale * cfg.perceptual * losses.perceptual_loss(
+                fake_feats, real_feats, cfg.perceptual_layers)
+        if cfg.style > 0:
+            terms["style"] = scale * cfg.style * losses.style_loss(fake_feats, real_feats)
+    return terms
+
+
+def _flow_terms(cfg: LossConfig, flow: FlowInputs) -> dict[str, Tensor]:
+    terms: dict[str, Tensor] = {}
+    if flow.target is not None and cfg.flow > 0:
+        terms["flow"] = cfg.flow * losses.flow_loss(flow.flow, flow.target, flow.confidence)
+    if cfg.warp > 0:
+        terms["warp"] = cfg.warp * losses.warp_loss(flow.real_prev, flow.real, flow.flow, flow.confidence)
+    if cfg.mask > 0 and flow.mask is not None:
+        keep = _warp_is_right(cfg, flow)
+        if keep is not None:
+            terms["mask"] = cfg.mask * losses.mask_loss(flow.mask, keep)
+    if cfg.output_warp > 0 and flow.target is not None and flow.output is not None and flow.output_prev is not None:
+        terms["output_warp"] = cfg.output_warp * losses.output_warp_loss(
+            flow.output, flow.output_prev, flow.target, flow.confidence)
+    return terms
+
+
+def _warp_is_right(cfg: LossConfig, flow: FlowInputs) -> Tensor | None:
+    """Where the mask should warp (1) rather than hallucinate (0), by ``cfg.mask_target``; None when
+    the inputs that rule needs are missing."""
+    if cfg.mask_target == "output":
+        return None if flow.warped is None else losses.warp_agreement(flow.warped, flow.real)
+    if flow.target is None or flow.labels is None or flow.labels_prev is None:
+        return None
+    keep = losses.label_agreement(flow.labels, flow.labels_prev, flow.target)
+    return keep if flow.confidence is None else keep * flow.confidence
+
+
 def discriminator_losses(cfg: LossConfig, *, d_real: DOutput, d_fake: DOutput,
-                         t_real: Sequence[DOutput] = (), t_fake: Sequence[DOutput] = ()
-                         ) -> dict[str, Tensor]:
+                         t_real: Sequence[DOutput] = (), t_fake: Sequence[DOutput] = (),
+                         d_extra: Mapping[str, DOutput] | None = None) -> dict[str, Tensor]:
     """Discriminator-side terms on real and on detached fake frames. Unweighted: the GAN weights
-    scale the generator's side only; ``temporal_gan: 0`` drops the temporal terms here too."""
+    scale the generator's side only; ``temporal_gan: 0`` drops the temporal terms here too.
+
+    ``d_extra``: the image discriminator on more fake frames by ``ExtraFrames`` name (used when that
+    weight is > 0). The fake side is then the average over the output and these (``d_fake`` and
+    ``d_fake_<name>`` each logged at that share: with h, the reference's
+    ``(D_fake + D_fake_raw + 2 D_real) / 2`` up to a constant), so real and fake keep equal weight.
+    """
     terms: dict[str, Tensor] = {}
     terms["d_real"], terms["d_fake"] = losses.discriminator_gan_loss(d_real, d_fake, cfg.gan_mode)
+    extra = {name: out for name, out in (d_extra or {}).items() if getattr(cfg, name) > 0}
+    for name, out in extra.items():
+        terms[f"d_fake_{name}"] = losses.discriminator_gan_loss(d_real, out, cfg.gan_mode)[1] / (1 + len(extra))
+    terms["d_fake"] = terms["d_fake"] / (1 + len(extra))
     if len(t_fake) != len(t_real):
         raise ValueError(f"t_fake has {len(t_fake)} temporal scales, t_real {len(t_real)}")
     if t_real and cfg.temporal_gan > 0:

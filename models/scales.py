@@ -7,6 +7,9 @@ Both have the same shape (vid2vid's CompositeGenerator / CompositeLocalGenerator
     previous L outputs ───── image encoder ──┘  └─ flow decoder ─┬─ conv ─ x mult ──▶ flow w (pixels)
                           (+ coarser scale's decoder features)   └─ conv ─ sigmoid ─▶ mask m
 
+The flow conv starts at zero (the identity warp), so an untrained generator copies its previous frame
+where the mask says so instead of sampling it pixels away.
+
 The global scale downsamples ``n_downsample`` times and holds the residual blocks; a local enhancer
 downsamples once, adds the decoder features of the next coarser scale (same width and resolution
 after its one downsampling) and upsamples back, doubling the output resolution.
@@ -32,6 +35,9 @@ class ScaleResult:
     mask: Tensor | None
     image_features: Tensor
     flow_features: Tensor | None
+    label_only: Tensor | None = None
+    """The image the labels alone give (the first frame's path), when asked for with previous frames."""
+    label_only_features: Tensor | None = None
 
 
 class GeneratorScale(nn.Module):
@@ -72,7 +78,9 @@ class GeneratorScale(nn.Module):
         if self.temporal:
             self.prev_encoder = encoder(IMAGE_CHANNELS * cfg.prev_frames)
             self.flow_decoder = decoder(plain)
-            self.flow_head = OutputConv(widths[0], 2, conv)
+            # The flow starts at the identity warp: with default init the head predicted 9-12 px at
+            # 64x128 against sub-pixel targets, so the first warps smeared every frame.
+            self.flow_head = OutputConv(widths[0], 2, zero_init=True)
             self.mask_head = OutputConv(widths[0], 1, conv)
 
     def heads(self) -> list[nn.Module]:
@@ -80,17 +88,16 @@ class GeneratorScale(nn.Module):
         return [self.image_head] + ([self.flow_head, self.mask_head] if self.temporal else [])
 
     def forward(self, labels: Tensor, prev: Tensor | None, cond: Tensor,
-                coarse: ScaleResult | None = None) -> ScaleResult:
+                coarse: ScaleResult | None = None, label_only: bool = False) -> ScaleResult:
         """``labels`` [B, (L+1)*C, h, w], ``prev`` [B, L*3, h, w] or None (first frame), ``cond``
-        the current label map [B, C, h, w] for SPADE."""
-        features = self.label_encoder(labels)
+        the current label map [B, C, h, w] for SPADE. ``label_only``: also decode the label features
+        alone (sharing the label encoder), as the first frame is."""
+        label_features = features = self.label_encoder(labels)
         if prev is not None:
             if not self.temporal:
                 raise ValueError("the per-frame generator takes no previous frames")
             features = features + self.prev_encoder(prev)
-        image_in = features if coarse is None else features + coarse.image_features
-        image_features = self.image_decoder(image_in, cond)
-        hallucinated = torch.tanh(self.image_head(image_features))
+        image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features, cond)
         if prev is None:
             return ScaleResult(hallucinated, None, None, image_features, None)
         flow_in = features if coarse is None or coarse.flow_features is None \
@@ -98,4 +105,13 @@ class GeneratorScale(nn.Module):
         flow_features = self.flow_decoder(flow_in, cond)
         flow = self.flow_head(flow_features) * self.flow_multiplier
         mask = torch.sigmoid(self.mask_head(flow_features))
-        return ScaleResult(hallucinated, flow, mask, image_features, flow_features)
+        alone_features = alone = None
+        if label_only:
+            alone_features, alone = self._image(label_features, None if coarse is None else coarse.label_only_features,
+                                                cond)
+        return ScaleResult(hallucinated, flow, mask, image_features, flow_features, alone, alone_features)
+
+    def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The image decoder's features and the image (tanh) from encoder ``features``."""
+        decoded = self.image_decoder(features if coarse_features is None else features + coarse_features, cond)
+        return decoded, torch.tanh(self.image_head(decoded))

@@ -17,19 +17,33 @@ from trainer import distributed as dist
 
 class TimeBudget:
     """``train.time_budget_s`` of wall-clock training; ``over()`` is this rank's clock, ``spent`` is set
-    once the ranks agreed to stop for it."""
+    once the ranks agreed to stop for it. Time spent outside training (held-out evaluation) is handed
+    back with ``exclude``, so the budget and ``elapsed`` count training alone."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.deadline: float | None = None
         self.spent = False
+        self._started: float | None = None
+        self._excluded = 0.0
 
     def start(self) -> None:
+        self._started = time.monotonic()
         if self.seconds:
-            self.deadline = time.monotonic() + self.seconds
+            self.deadline = self._started + self.seconds
 
     def over(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def exclude(self, seconds: float) -> None:
+        """Do not count ``seconds`` just spent on something other than training."""
+        self._excluded += seconds
+        if self.deadline is not None:
+            self.deadline += seconds
+
+    def elapsed(self) -> float:
+        """Seconds of training since ``start``."""
+        return 0.0 if self._started is None else time.monotonic() - self._started - self._excluded
 
 
 def agreed_batches(loader: Iterable[Any], limit: int, budget: TimeBudget | None = None) -> Iterator[Any]:

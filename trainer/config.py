@@ -78,6 +78,10 @@ class TrainConfig:
     """Consecutive steps with a non-finite loss (each skipped and counted) before training stops."""
     log_every: int = 1
     """Steps between metric rows sent to tracking (they are batched anyway)."""
+    weight_average: float = 0.999
+    """Decay of the running average of the generator's weights that is evaluated, sampled and
+    exported (trainer/average.py; it warms up, so short runs average over their last ~10%); 0: the
+    last weights instead."""
     time_budget_s: float = 0.0
     """Wall-clock seconds of training after which the run stops at the next batch boundary (all ranks
     together), then saves, exports and ends as if its epochs were done; 0: no limit. Counted from the
@@ -95,6 +99,8 @@ class TrainConfig:
                              f"got {self.epochs}, {self.decay_epochs}")
         if self.steps_per_epoch < 0 or self.frames_per_step < 1 or self.max_bad_steps < 1 or self.log_every < 1:
             raise ValueError("steps_per_epoch must be >= 0; frames_per_step, max_bad_steps, log_every >= 1")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average must be in [0, 1) (0: off), got {self.weight_average}")
         if not self.time_budget_s >= 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
 
@@ -140,7 +146,8 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    """`vid2vid eval` and benchmarks/quality.py: which clips, at what size, with which feature networks."""
+    """`vid2vid eval`, the held-out scores during training and benchmarks/quality.py: which clips, at
+    what size, with which feature networks, and how often during training."""
     split: Literal["train", "val"] = "val"
     """Manifest split whose clips are evaluated (all of them)."""
     frames: int = 0
@@ -159,10 +166,20 @@ class EvalConfig:
     features); empty: FVD skipped."""
     device: str = "auto"
     """``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    every_steps: int = 0
+    """During training: score the held-out clips (PSNR, SSIM, warping error; FID/FVD are left to
+    `vid2vid eval`) every this many optimizer steps, at the current stage's size unless height/width
+    are set, and log them as ``eval/*`` at that step; 0: never."""
+    every_s: float = 0.0
+    """The same every this many seconds of training (the evaluation's own time is not counted, and
+    neither does it count against ``train.time_budget_s``); 0: never. Learning curves of
+    benchmarks/quality.py use this."""
 
     def __post_init__(self) -> None:
         if self.frames < 0 or self.height < 0 or self.width < 0 or self.max_clips < 0:
             raise ValueError("frames, height, width and max_clips must be >= 0 (0: the default)")
+        if self.every_steps < 0 or not self.every_s >= 0:
+            raise ValueError(f"every_steps and every_s must be >= 0 (0: never), got {self.every_steps}, {self.every_s}")
         if (self.height == 0) != (self.width == 0):
             raise ValueError(f"set height and width together (got {self.height}x{self.width})")
         if self.frames == 1:

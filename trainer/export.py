@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from trainer.average import averaged_state
 from trainer.engines import TAG
 
 FORMAT = "vid2vid-generator/1"
@@ -36,7 +37,11 @@ def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int
                      label_channels: int, active_scales: int) -> Path:
     """Write ``out`` (atomically) from the checkpoint folder ``checkpoint``; returns ``out``."""
     out = Path(out)
-    payload = {"format": FORMAT, "state_dict": consolidated_generator_state(checkpoint, zero_stage),
+    # The weights' running average when the run kept one (trainer/average.py): what was evaluated.
+    state = averaged_state(checkpoint)
+    if state is None:
+        state = consolidated_generator_state(checkpoint, zero_stage)
+    payload = {"format": FORMAT, "state_dict": state,
                "model": model_config, "label_channels": label_channels, "active_scales": active_scales}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

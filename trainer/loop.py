@@ -4,7 +4,7 @@
         stage_at(epoch) changed?  rebuild the loader (new size / clip length) and, when the trainable
                                   generator scales changed, the generator engine (moments carried)
         for each batch (all ranks agree how many):  D then G update per chunk of frames
-            log (rank 0, batched) -> checkpoint every N steps
+            log (rank 0, batched) -> held-out scores every N steps / s -> checkpoint every N steps
         checkpoint at the epoch end
     -> export the consolidated generator -> close tracking
 
@@ -26,6 +26,7 @@ from torch import nn
 from models.build import build as build_networks
 from models.generator import generate_clip
 from trainer import checkpoint, distributed as dist, engines as engines_mod
+from trainer.average import WeightAverage
 from trainer.batches import TimeBudget, agreed_batches
 from trainer.config import Config
 from trainer.config_tree import flatten, to_dict
@@ -33,6 +34,7 @@ from trainer.export import export_generator
 from trainer.schedule import Stage, lr_factor, stage_at
 from trainer.step import ChunkResult, Discriminators, StepSettings, train_batch
 from trainer.tracking import make_tracker
+from trainer.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
         status = "FINISHED"
         return TrainResult(run.progress, run.last_losses, run.last_save, exported)
     finally:
+        run.validation.close()
         run.tracker.close(status)
         if run.engines is not None:
             run.engines.destroy()
@@ -139,6 +142,10 @@ class _Run:
         self.progress = Progress()
         self.engines: engines_mod.Engines | None = None
         self.stage: Stage | None = None
+        self.budget = TimeBudget(cfg.train.time_budget_s)
+        self.average = WeightAverage(cfg.train.weight_average)
+        self.settings.on_generator_update = lambda: self.average.update(self.generator)
+        self.validation = Validation(cfg, self.budget, self.average)  # refuses a missing split before a run is tracked
         self.last_save = checkpoint.latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
         if self.last_save is not None:
             self._resume(self.last_save)
@@ -148,7 +155,6 @@ class _Run:
         self.last_losses: dict[str, float] = {}
         self.sample_batch: Any = None
         self.lr_scale = 1.0
-        self.budget = TimeBudget(cfg.train.time_budget_s)
 
     def _resume(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
@@ -158,6 +164,7 @@ class _Run:
         self.stage = Stage(**saved["stage"])
         self.engines = _resumed_engines(self.stage, self.generator, self.discriminators, self.cfg,
                                         self.progress, folder)
+        self.average.load(folder, self.generator)
         log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, self.progress.epoch,
                  self.progress.batch, self.progress.step)
 
@@ -165,7 +172,10 @@ class _Run:
         cfg, stage = self.cfg, _stage(self.cfg, epoch)
         if stage != self.stage:
             self.log_sample(epoch)  # the stage that ends
+            before = self.engines
             self.engines = _engines_for(stage, self.generator, self.discriminators, self.engines, cfg, self.progress)
+            if before is None or self.engines.generator is not before.generator:
+                self.average.reset(self.generator)  # new trainable scales: not averaged with their start
             self.stage = stage
             log.info("epoch %d: stage %s", epoch, stage)
         shape = (stage.height, stage.width, stage.frames)
@@ -200,6 +210,7 @@ class _Run:
                         "skipped_steps": progress.skipped, "skipped_samples": self.loader.stats.skipped},
                         progress.step)
             self.sample_batch = batch
+            self.validation.after_batch(self.generator, self.stage, progress.step, len(results), self.tracker)
             every = cfg.checkpoint.every_steps
             if every and progress.step // every > (progress.step - len(results)) // every:
                 self.save()
@@ -221,7 +232,9 @@ class _Run:
         # cannot stall training; it also makes the run id known before the state records it.
         self.tracker.flush(timeout_s=_FLUSH_AT_SAVE_S)
         state = _trainer_state(self.cfg, self.engines, self.progress, self.tracker, self.stage)
-        write_engines = self.engines.save
+        def write_engines(folder: Path) -> None:
+            self.engines.save(folder)
+            self.average.save(folder)
         # Rank 0's choice for all: ranks' states can differ (only rank 0's tracker knows the run id),
         # and a rank writing engines that the others link would hang DeepSpeed's collective save.
         if dist.broadcast(_only_position_moved(self.last_save, self.progress.step, state)):
@@ -234,7 +247,8 @@ class _Run:
 
     def log_sample(self, epoch: int) -> None:
         if self.stage is not None and self.sample_batch is not None:
-            _log_sample(self.tracker, self.cfg, self.generator, self.sample_batch, self.stage, epoch)
+            with self.average.applied(self.generator) as generator:
+                _log_sample(self.tracker, self.cfg, generator, self.sample_batch, self.stage, epoch)
 
 
 def _stage(cfg: Config, epoch: int) -> Stage:

@@ -18,7 +18,7 @@ the others run would hang their all-reduce) and is reported by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as tdist
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from models.config import LossConfig
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
-from models.objective import FlowInputs, discriminator_losses, generator_losses
+from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
 from trainer.engines import Engines
 
@@ -59,6 +59,8 @@ class StepSettings:
     temporal_scales: int
     dtype: torch.dtype = torch.float32
     vgg: nn.Module | None = None
+    on_generator_update: Callable[[], None] | None = None
+    """Called after every generator update (the trainer folds the weights into their average)."""
 
 
 @dataclass
@@ -89,19 +91,27 @@ def train_batch(engines: Engines, batch: Any, settings: StepSettings) -> list[Ch
 def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow: Tensor, conf: Tensor,
            history: list[Tensor], start: int, stop: int) -> ChunkResult:
     engG, engD = engines.generator, engines.discriminator
+    label_only = s.loss.label_only > 0
     outs = []
     for t in range(start, stop):
         prev = torch.stack(history[-s.prev_frames:], dim=1) if history and s.prev_frames else None
-        outs.append(engG(labels[:, max(0, t - s.prev_frames):t + 1], prev))
+        outs.append(engG(labels[:, max(0, t - s.prev_frames):t + 1], prev, label_only=label_only and prev is not None))
         history.append(outs[-1].image.detach())
     fake = torch.stack([o.image for o in outs], dim=1)
     real, lab = rgb[:, start:stop], labels[:, start:stop]
     window_real, window_fake, window_flow = _temporal_windows(s, rgb, flow, history, fake, start, stop)
+    # Frames the image terms judge besides the outputs, where they differ from them (frames with a
+    # flow): the raw hallucinated h, and the labels-alone frame (the first frame's path).
+    with_flow = [i for i, o in enumerate(outs) if o.flow is not None]
+    extra = {name: torch.stack([getattr(outs[i], name) for i in with_flow], dim=1)
+             for name in ("hallucinated", "label_only") if with_flow and getattr(s.loss, name) > 0}
 
     # 1. Discriminator update on real and detached fake.
     d_real, t_real = engD(lab, real, window_real, window_flow)
     d_fake, t_fake = engD(lab, fake.detach(), None if window_fake is None else window_fake.detach(), window_flow)
-    d_terms = discriminator_losses(s.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake)
+    d_extra = {name: engD(lab[:, with_flow], frames.detach(), None, None)[0] for name, frames in extra.items()}
+    d_terms = discriminator_losses(s.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake,
+                                   d_extra=d_extra)
     losses = {f"d/{k}": v for k, v in d_terms.items()}
     bad = _non_finite(losses)
     if bad:
@@ -116,18 +126,30 @@ def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow:
         with torch.no_grad():
             d_real, t_real = d_module(lab, real, window_real, window_flow)
         d_fake, t_fake = d_module(lab, fake, window_fake, window_flow)
+        d_real_with_flow = _frames(d_real, real.shape[:2], with_flow) if extra else None
+        extra_inputs = [ExtraFrames(name, frames, real[:, with_flow], d_real=d_real_with_flow,
+                                    d_fake=d_module(lab[:, with_flow], frames, None, None)[0])
+                         for name, frames in extra.items()]
         g_terms = generator_losses(s.loss, fake=fake, real=real, d_fake=d_fake, d_real=d_real,
-                                   t_fake=t_fake, t_real=t_real, vgg=s.vgg,
-                                   flow=_flow_inputs(outs, rgb, flow, conf, start))
+                                   t_fake=t_fake, t_real=t_real, vgg=s.vgg, extra=extra_inputs,
+                                   flow=_flow_inputs(outs, rgb, labels, flow, conf, history, start))
         g_losses = {f"g/{k}": v for k, v in g_terms.items()}
         losses.update(g_losses)
         bad = _non_finite(g_losses)
         if not bad:
             engG.backward(g_terms["total"])
             engG.step()
+            if s.on_generator_update is not None:
+                s.on_generator_update()
     finally:
         d_module.requires_grad_(True)
     return ChunkResult(_floats(losses), bad, stop - start)
+
+
+def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> list[list[Tensor]]:
+    """The image discriminator's outputs on frames ``index`` of a [B, f] batch (it folds time into
+    the batch, b-major), in the order of a [B, len(index)] batch."""
+    return [[x.unflatten(0, batch_frames)[:, index].flatten(0, 1) for x in scale] for scale in outputs]
 
 
 def _temporal_windows(s: StepSettings, rgb: Tensor, flow: Tensor, history: list[Tensor], fake: Tensor,
@@ -162,15 +184,22 @@ def _temporal_span(s: StepSettings, stop: int) -> int:
     return n - (n - 1) % (k - 1)
 
 
-def _flow_inputs(outs: list[Any], rgb: Tensor, flow: Tensor, conf: Tensor, start: int) -> FlowInputs | None:
-    """Flow, mask and targets of the chunk's frames that have a flow (not the clip's first frame)."""
+def _flow_inputs(outs: list[Any], rgb: Tensor, labels: Tensor, flow: Tensor, conf: Tensor, history: list[Tensor],
+                 start: int) -> FlowInputs | None:
+    """Flow, mask, warped previous output and targets of the chunk's frames that have a flow (not the
+    clip's first frame); ``history`` holds every output of the clip so far, detached."""
     with_flow = [(start + i, o) for i, o in enumerate(outs) if o.flow is not None]
     if not with_flow:
         return None
     ts = [t for t, _ in with_flow]
-    return FlowInputs(flow=torch.stack([o.flow for _, o in with_flow], dim=1), real=rgb[:, ts],
-                      real_prev=rgb[:, [t - 1 for t in ts]], target=flow[:, ts], confidence=conf[:, ts],
-                      mask=torch.stack([o.mask for _, o in with_flow], dim=1))
+
+    def stacked(name: str) -> Tensor:
+        return torch.stack([getattr(o, name) for _, o in with_flow], dim=1)
+    before = [t - 1 for t in ts]
+    return FlowInputs(flow=stacked("flow"), real=rgb[:, ts], real_prev=rgb[:, before], target=flow[:, ts],
+                      confidence=conf[:, ts], mask=stacked("mask"), warped=stacked("warped"),
+                      output=stacked("image"), output_prev=torch.stack([history[t] for t in before], dim=1),
+                      labels=labels[:, ts], labels_prev=labels[:, before])
 
 
 def _non_finite(terms: dict[str, Tensor]) -> list[str]:

@@ -2,15 +2,18 @@
 
 Launches (each ~40 s on 2 busy cores), shared by the checks below:
   A  the tiny config end to end: 3 epochs, two stage changes (a new scale trained alone, then jointly
-     with longer clips), checkpoints every 2 steps, MLflow on sqlite, export.
+     with longer clips), checkpoints every 2 steps, held-out scores every 3 steps, MLflow on sqlite,
+     export.
   B  a fresh process resumed from A's step-2 checkpoint (a stage boundary, so the resumed run goes
-     through both engine rebuilds): it must reproduce A's losses and final weights exactly.
+     through both engine rebuilds), scoring nothing: it must reproduce A's losses and final weights
+     exactly, so A's scoring changed nothing of its training.
   C  resumed from A's step-2 checkpoint with a learning rate of 1e30: losses go non-finite, steps are
      skipped, training stops with an error naming the terms, the checkpoint is left as it was.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -70,7 +73,8 @@ def run_a(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> Path:
     from trainer.tracking import prepare_store
     prepare_store(TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="tiny",
                                  artifact_location=str(work / "mlruns")))  # once, before the workers start
-    proc = trainer_run(work, *ZERO2)
+    # The tiny shards have no val split: score the train clips (unaugmented, as a val split would be).
+    proc = trainer_run(work, *ZERO2, "eval.every_steps=3", "eval.split=train")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "done: epochs=3 steps=8 skipped=0" in proc.stdout
     return work
@@ -95,6 +99,18 @@ def test_losses_stages_and_tracking(run_a: Path) -> None:
     assert run.data.tags["checkpoint"].endswith("step-000000008")
     samples = client.list_artifacts(run.info.run_id, "samples")
     assert len(samples) == 3 and all(f.path.endswith(".mp4") and f.file_size > 0 for f in samples)
+
+
+def test_held_out_scores_during_training(run_a: Path) -> None:
+    """eval.every_steps=3: scored when steps 3 and 6 were passed (batches of 1-2 steps), at the stage's
+    size, logged as eval/* at that step and as a learning curve beside the checkpoints."""
+    curve = [json.loads(line) for line in (run_a / "checkpoints" / "tiny" / "eval.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in curve] == sorted(metric_history(run_a, "eval/psnr"))
+    assert len(curve) == 2 and curve[0]["step"] >= 3 and curve[1]["step"] >= 6
+    assert [(p["height"], p["width"]) for p in curve] == [(16, 32) if p["scale"] == 0 else (32, 64) for p in curve]
+    for point in curve:
+        assert point["clips"] == 8 and 0 < point["psnr"] < 100 and 0 < point["ssim"] <= 1 and point["warp_ratio"] > 0
+        assert metric_history(run_a, "eval/psnr")[point["step"]] == pytest.approx(point["psnr"])
 
 
 def test_checkpoints_are_complete_and_weights_only(run_a: Path) -> None:

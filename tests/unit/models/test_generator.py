@@ -59,6 +59,44 @@ def test_first_frame_has_no_flow_and_needs_no_real_frame():
     assert out.image is out.hallucinated
 
 
+@pytest.mark.parametrize("spectral", [False, True])
+def test_an_untrained_generator_warps_by_the_identity_and_its_flow_head_learns(spectral):
+    """The flow head starts at zero at every scale: frame t copies the previous output where m < 1,
+    instead of sampling it pixels away; its weights still get a gradient."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=2, spectral_norm=spectral), LABELS)
+    prev = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    out = gen(one_hot_labels(2, 3, 16, 16), prev)
+    assert torch.equal(out.flow, torch.zeros_like(out.flow))
+    assert torch.allclose(out.warped, prev[:, -1], atol=1e-5)
+    out.flow.sum().backward()
+    assert gen.scales[1].flow_head.conv.weight.grad.abs().sum() > 0
+
+
+def test_label_only_frame_is_exactly_what_the_first_frame_path_gives():
+    """The frame generated beside a sequential one from the same labels alone (trained on every frame)
+    is the first frame's path: the same computation as a call without previous frames."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=2), LABELS).eval()
+    labels = one_hot_labels(2, 3, 16, 16)
+    out = gen(labels, torch.rand(2, 2, 3, 16, 16) * 2 - 1, label_only=True)
+    assert torch.allclose(out.label_only, gen(labels, None).image, atol=1e-6)
+    assert gen(labels, torch.rand(2, 2, 3, 16, 16)).label_only is None  # only when asked
+    assert gen(labels, None, label_only=True).label_only is None  # the first frame is label-only itself
+
+
+def test_a_given_flow_replaces_the_predicted_one():
+    torch.manual_seed(0)
+    gen = Generator(tiny(), LABELS).eval()
+    prev = torch.rand(1, 2, 3, 16, 16) * 2 - 1
+    flow = torch.zeros(1, 2, 16, 16)
+    flow[:, 0] = 1.0
+    out = gen(one_hot_labels(1, 3, 16, 16), prev, flow=flow)
+    assert torch.equal(out.flow, flow) and torch.allclose(out.warped, warp(prev[:, -1], flow))
+    clip = generate_clip(gen, one_hot_labels(1, 3, 16, 16), flow=flow.unsqueeze(1).expand(1, 3, 2, 16, 16))
+    assert torch.equal(clip.flow[:, 1:], flow.unsqueeze(1).expand(1, 2, 2, 16, 16))
+
+
 def test_composition_formula_with_known_flow_and_mask():
     """Set the heads so that w is an exact integer shift and m is 0 or 1, and check
     image = (1 - m) * warp(previous frame, w) + m * h against a rolled previous frame."""

@@ -11,6 +11,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from trainer import batches, checkpoint, distributed, loop, step
+from trainer.average import AVERAGE_FILE, WeightAverage
 from trainer.config import load
 from trainer.schedule import Stage
 
@@ -66,6 +67,8 @@ def bare_run(tmp_path: Path) -> loop._Run:
     run.engines, run.progress, run.last_save, run.on_checkpoint = _Engines(), loop.Progress(), None, None
     run.tracker = SimpleNamespace(run_id="run", set_tag=lambda *a: None, flush=lambda timeout_s: True)
     run.stage, run.last_losses = Stage(0, 16, 32, 2, True), {}
+    run.average = WeightAverage(0.5)
+    run.average.reset(torch.nn.Linear(2, 2))
     return run
 
 
@@ -80,6 +83,7 @@ def test_epoch_end_save_of_a_saved_step_does_not_rewrite_the_engines(tmp_path: P
     saved = checkpoint.load_trainer_state(run.last_save)["progress"]
     assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 4)
     assert (run.last_save / "generator" / "model.pt").is_file()
+    assert (run.last_save / AVERAGE_FILE).is_file()  # the weight average goes with the engines
     run.progress.step = 6  # trained on: the engines are written again
     run.save()
     assert run.engines.writes == 2
