@@ -1,23 +1,28 @@
 """The paper's central claim, on this machine: the sequential generator against per-frame synthesis.
 
-    .venv/bin/python benchmarks/quality.py [--budget-s 300] [--out bench/quality] [key=value ...]
+    .venv/bin/python benchmarks/quality.py [--budget-s 900] [--seeds 0,1,2] [--jobs 2] [--variants ...]
+                                           [--out bench/quality] [key=value ...]
 
 1. Synthesizes street scenes and packs them with a held-out split (``configs/quality.yaml``; the data
    is kept under ``--out`` and reused by later runs).
-2. Trains each variant from scratch for the same wall-clock budget (``train.time_budget_s``, one
-   ``python -m trainer`` process each, one after the other):
-   - **full**: the vid2vid generator (flow, occlusion mask, previous frames) with its temporal
-     discriminator;
-   - **per_frame**: the image-to-image ablation (``model.generator.per_frame``: no flow, no mask, no
-     previous frames) without a temporal discriminator: the frame-by-frame baseline of the paper's
-     comparison. It is cheaper per step, so the same budget buys it more steps.
-3. Scores both on the held-out clips with the code of ``vid2vid eval`` (``cluster.evaluate``): PSNR,
-   SSIM, the flow-warping error and its ratio to the real video's (1.0: as coherent as real video).
-4. Prints a table and whether the claim holds here: the full model's warping-error ratio is lower
-   than the per-frame model's, at a PSNR no more than ``--psnr-tolerance`` dB below it.
+2. Trains every variant with every seed from scratch for the same wall-clock budget
+   (``train.time_budget_s``; one ``python -m trainer`` process per run, ``--jobs`` at a time with the
+   cores split evenly between them). Every ``--curve-every-s`` seconds of training the trainer scores
+   the held-out clips (``eval.every_s``; the scoring time is not counted): the learning curve.
+3. Scores each trained model on the held-out clips with the code of ``vid2vid eval`` (PSNR, SSIM,
+   the flow-warping error and its ratio to the real video's: 1.0 is as coherent as real video), and
+   looks inside it with the synthetic ground truth (``dataio.synth`` knows the exact flow and which
+   pixels are newly seen): the mask on disoccluded and on visible pixels, the L1 of the hallucinated
+   frame h and of the warped previous output against the real frame, the flow's end-point error, and
+   the PSNR of each frame index (frame 0 is generated from labels alone).
+4. Prints every run, the mean and spread over seeds per variant, the learning curves, and whether
+   the claim holds: the full model's warping-error ratio at most ``--ratio-goal`` x the per-frame
+   model's, at a PSNR at most ``--psnr-tolerance`` dB below it, and not rising over the second half
+   of its learning curve. ``quality.json`` under ``--out`` holds all of it.
 
-Extra ``key=value`` overrides go to both trainings and the evaluation (e.g. a GPU run:
-``data.loader.device=mixed train.generator.precision=bf16 ...``; see docs/performance.md).
+A finished run is reused when the script runs again with the same settings (``--rerun`` trains
+again), so an interrupted benchmark continues where it stopped. Extra ``key=value`` overrides go to
+every training and evaluation (e.g. a GPU run: ``data.loader.device=mixed``; see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -26,31 +31,65 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CONFIG = REPO / "configs" / "quality.yaml"
 
-VARIANTS = {
+VARIANTS: dict[str, list[str]] = {
+    # The vid2vid generator (flow, occlusion mask, previous frames) with its temporal discriminator.
     "full": [],
+    # The paper's image-to-image baseline: no flow, no mask, no previous frames, no temporal D.
     "per_frame": ["model.generator.per_frame=true", "model.discriminator.temporal_scales=0"],
+    # The same generator with the temporal discriminator: what the video GAN loss alone buys.
+    "per_frame_td": ["model.generator.per_frame=true"],
+    # Ablations: the full model without one new term of the objective each, and with imaginaire's
+    # mask target in place of the occlusion target.
+    "full_no_hallucinated": ["model.loss.hallucinated=0"],
+    "full_no_output_warp": ["model.loss.output_warp=0"],
+    "full_no_label_only": ["model.loss.label_only=0"],
+    "full_mask_output": ["model.loss.mask_target=output"],
 }
+SCORE_FILE = "score.json"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=300.0, help="training wall-clock seconds per variant")
-    parser.add_argument("--out", default="bench/quality", help="data, checkpoints and reports (reused data)")
+    parser.add_argument("--budget-s", type=float, default=900.0, help="training wall-clock seconds per run")
+    parser.add_argument("--seeds", default="0,1,2", help="train.seed values; every variant runs with each")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+                        help="define (and run) another variant: a name, then the overrides it adds to 'full'")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time; each gets cores // jobs threads")
+    parser.add_argument("--curve-every-s", type=float, default=0.0,
+                        help="seconds of training between held-out scores (default: a tenth of the budget)")
+    parser.add_argument("--out", default="bench/quality", help="data, runs and reports (data reused)")
     parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--psnr-tolerance", type=float, default=0.5,
-                        help="dB the full model's PSNR may fall below the per-frame model's for the claim to hold")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--psnr-tolerance", type=float, default=0.3,
+                        help="dB the full model's PSNR may fall below the per-frame model's")
+    parser.add_argument("--ratio-goal", type=float, default=0.7,
+                        help="the full model's warping-error ratio must be at most this times the per-frame model's")
+    parser.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
+    parser.add_argument("--score", metavar="RUN", help=argparse.SUPPRESS)  # one run's scoring, in its own process
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    names = [name for name in args.variants.split(",") if name]
+    for name, *overrides in args.variant:
+        VARIANTS[name] = overrides
+        names.append(name)
+    args.variants = ",".join(names)
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
+    if args.jobs < 1 or args.budget_s <= 0:
+        parser.error("--jobs must be >= 1 and --budget-s > 0")
+    return args
 
 
 def main() -> None:
@@ -59,16 +98,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = str(Path(args.config).resolve())
     os.chdir(out)  # the config's paths are relative to --out
+    if args.score:
+        score(Path(args.score), config, args.overrides)
+        return
     prepare_data(config, args.overrides)
-    rows = []
-    for name in args.variants.split(","):
-        steps, seconds = train(name, config, args.budget_s, VARIANTS[name] + args.overrides)
-        report = evaluate(name, config, VARIANTS[name] + args.overrides)
-        rows.append({"variant": name, "steps": steps, "train_s": seconds, **report})
-        print(f"{name}: {steps} steps in {seconds:.0f} s; PSNR {report['psnr']:.2f}, "
-              f"warping-error ratio {report['warp_ratio']:.3f}", flush=True)
-    (out / "quality.json").write_text(json.dumps({"budget_s": args.budget_s, "rows": rows}, indent=2) + "\n")
-    print_table(rows, args)
+    runs = [(variant, int(seed)) for seed in args.seeds.split(",") for variant in args.variants.split(",")]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    print(f"{len(runs)} runs of {args.budget_s:.0f} s, {args.jobs} at a time with {threads} thread(s) each", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda run: train_and_score(*run, config, args, threads), runs))
+    summary = summarize(rows, args)
+    (out / "quality.json").write_text(json.dumps({"budget_s": args.budget_s, "overrides": args.overrides,
+                                                  "rows": rows, **summary}, indent=2) + "\n")
+    print_report(rows, summary, args)
 
 
 def prepare_data(config: str, overrides: list[str]) -> None:
@@ -93,49 +135,235 @@ def prepare_data(config: str, overrides: list[str]) -> None:
           f"{manifest.clip_frames} frames ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def train(name: str, config: str, budget_s: float, overrides: list[str]) -> tuple[int, float]:
-    """Train variant ``name`` from scratch for ``budget_s``; returns (optimizer steps, wall seconds)."""
-    shutil.rmtree(name, ignore_errors=True)
+def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespace, threads: int) -> dict:
+    """Train one (variant, seed) run for the budget and score it, or reuse a finished identical run."""
+    run = Path("runs") / f"{variant}-seed{seed}"
+    overrides = [*VARIANTS[variant], f"train.seed={seed}", *args.overrides]
+    curve_every = args.curve_every_s or args.budget_s / 10
+    settings = {"variant": variant, "seed": seed, "budget_s": args.budget_s, "curve_every_s": curve_every,
+                "overrides": overrides, "threads": threads}
+    scored = run / SCORE_FILE
+    if scored.is_file() and not args.rerun:
+        row = json.loads(scored.read_text())
+        if row.get("settings") == settings:
+            print(f"{run.name}: reused ({row['steps']} steps)", flush=True)
+            return row
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore::FutureWarning",
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
-    cmd = [sys.executable, "-m", "trainer", "--config", config, f"checkpoint.dir={name}",
-           f"train.time_budget_s={budget_s}", "checkpoint.resume=false", *overrides]
+               OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "trainer", "--config", config, f"checkpoint.dir={run}", "checkpoint.resume=false",
+           f"train.time_budget_s={args.budget_s}", f"eval.every_s={curve_every}", *overrides]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with (run / "train.log").open("w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - started
-    done = re.search(r"done: epochs=\d+ steps=(\d+)", proc.stdout)
+    text = (run / "train.log").read_text()
+    done = re.search(r"done: epochs=\d+ steps=(\d+)", text)
     if proc.returncode or not done:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        sys.exit(f"training {name} failed (exit {proc.returncode})")
-    return int(done.group(1)), seconds
+        sys.stderr.write(text[-6000:])
+        raise SystemExit(f"training {run} failed (exit {proc.returncode}); log: {run / 'train.log'}")
+    with (run / "score.log").open("w") as log:
+        proc = subprocess.run([sys.executable, __file__, "--out", ".", "--config", config, "--score", str(run),
+                               *overrides], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        sys.stderr.write((run / "score.log").read_text()[-6000:])
+        raise SystemExit(f"scoring {run} failed (exit {proc.returncode})")
+    row = {**json.loads(scored.read_text()), "variant": variant, "seed": seed, "steps": int(done.group(1)),
+           "wall_s": round(seconds, 1), "curve": read_curve(run), "settings": settings}
+    scored.write_text(json.dumps(row, indent=2) + "\n")
+    print(f"{run.name}: {row['steps']} steps; PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
+          f"warping-error ratio {row['warp_ratio']:.3f}", flush=True)
+    return row
 
 
-def evaluate(name: str, config: str, overrides: list[str]) -> dict:
+def read_curve(run: Path) -> list[dict]:
+    from trainer.validation import CURVE_FILE
+
+    path = run / CURVE_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def score(run: Path, config: str, overrides: list[str]) -> None:
+    """``vid2vid eval``'s scores and the ground-truth diagnostics of one trained run -> its score.json."""
+    import torch
+
     from cluster.evaluate import run_eval
     from trainer.config import load
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = load(config, overrides)
-    result = run_eval(cfg, name, f"{name}.json", video=f"{name}.mp4", progress=False)
-    return json.loads(result.report_path.read_text())
+    result = run_eval(cfg, str(run), run / "eval.json", video=run / "eval.mp4", progress=False)
+    report = json.loads(result.report_path.read_text())
+    keep = ("psnr", "ssim", "warp_error", "warp_error_real", "warp_ratio")
+    row = {**{k: report[k] for k in keep}, "diagnostics": diagnostics(cfg, run)}
+    (run / SCORE_FILE).write_text(json.dumps(row, indent=2) + "\n")
 
 
-def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"\nequal wall-clock training: {args.budget_s:.0f} s per variant; held-out clips scored from labels alone")
-    print(f"{'variant':<10} {'steps':>6} {'PSNR dB':>8} {'SSIM':>7} {'warp err':>9} {'real':>9} {'ratio':>7}")
+def diagnostics(cfg, run: Path) -> dict:
+    """flow_diagnostics over the held-out clips, generated from labels alone at the eval size, with the
+    exact flow and disocclusions of the synthetic sequences they were packed from."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cluster.registry import load_video_model
+    from dataio.loader import build_loader
+    from dataio.manifest import read_manifest
+    from dataio.synth import disocclusions
+    from models.generator import generate_clip
+    from models.metrics import FlowDiagnostics, flow_diagnostics, psnr, warping_error
+
+    net = load_video_model(str(run), "cpu")
+    manifest = read_manifest(cfg.data.shards)
+    rows = {row.key: row for row in manifest.rows}
+    height, width = cfg.eval.height, cfg.eval.width
+    frames = cfg.eval.frames or manifest.clip_frames
+    factor = rows[next(iter(rows))].height // height
+    synth = Path(cfg.data.synth.out)
+    data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
+    loader = build_loader(data, height, width, frames, split=cfg.eval.split, augment=False)
+    total = FlowDiagnostics()
+    # The same generator warping with the packed target flow instead of its own: what a perfect flow
+    # head would give (sums of the warping errors, as the eval pools them, and of clip PSNRs).
+    oracle = {"error": 0.0, "real": 0.0, "psnr": 0.0, "clips": 0}
+    # The loader resizes labels nearest-neighbour from pixel centres: sample the truth the same way.
+    pick = factor // 2
+    try:
+        for batch in loader:
+            truth_flow, truth_new = [], []
+            for key in batch.keys:
+                row = rows[key]
+                steps = range(row.start_frame, row.start_frame + frames)
+                inst = np.stack([np.asarray(Image.open(synth / row.sequence / "instances" / f"{t:06d}.png"))
+                                 for t in steps])
+                flow = np.stack([np.load(synth / row.sequence / "flow" / f"{t:06d}.npy") for t in steps])
+                new = disocclusions(inst, flow)
+                new[0] = False
+                truth_new.append(new[:, pick::factor, pick::factor])
+                truth_flow.append(flow[:, pick::factor, pick::factor].transpose(0, 3, 1, 2) / factor)
+            with torch.no_grad():
+                clip = generate_clip(net.generator, batch.labels)
+                given = generate_clip(net.generator, batch.labels, flow=batch.flow).images
+            ours, real = (warping_error(x, batch.flow, batch.flow_conf) for x in (given, batch.rgb))
+            oracle["error"] += float((ours.error * ours.weight).nansum())
+            oracle["real"] += float((real.error * real.weight).nansum())
+            oracle["psnr"] += float(psnr(given, batch.rgb).mean(dim=1).sum())
+            oracle["clips"] += given.shape[0]
+            total = total + flow_diagnostics(clip.images, clip.hallucinated, clip.warped, clip.mask, clip.flow,
+                                             batch.rgb, torch.from_numpy(np.stack(truth_flow)),
+                                             torch.from_numpy(np.stack(truth_new)))
+    finally:
+        loader.close()
+    return {**total.means(), "target_flow_warp_ratio": oracle["error"] / oracle["real"],
+            "target_flow_psnr": oracle["psnr"] / oracle["clips"]}
+
+
+def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
+    """Per variant: mean and spread over seeds, the mean learning curve and its second-half trend."""
+    variants: dict[str, dict] = {}
+    for name in dict.fromkeys(row["variant"] for row in rows):
+        runs = [row for row in rows if row["variant"] == name]
+        stats = {key: _spread([row[key] for row in runs]) for key in ("steps", "psnr", "ssim", "warp_ratio")}
+        diag_keys = ("mask_disoccluded", "mask_visible", "mask_ratio", "l1_hallucinated", "l1_warped",
+                     "l1_output", "flow_epe_visible", "zero_flow_epe_visible", "target_flow_warp_ratio",
+                     "target_flow_psnr")
+        stats.update({key: _spread([row["diagnostics"][key] for row in runs]) for key in diag_keys})
+        by_frame = [row["diagnostics"]["psnr_by_frame"] for row in runs]
+        stats["psnr_by_frame"] = [statistics.fmean(values) for values in zip(*by_frame)]
+        curve = _mean_curve([row["curve"] for row in runs])
+        stats["curve"], stats["second_half_rise"] = curve, _rise([p["warp_ratio"] for p in curve],
+                                                                 [p["train_s"] for p in curve])
+        variants[name] = stats
+    verdict = None
+    if {"full", "per_frame"} <= variants.keys():
+        full, single = variants["full"], variants["per_frame"]
+        ratio = full["warp_ratio"]["mean"] / single["warp_ratio"]["mean"]
+        gap = full["psnr"]["mean"] - single["psnr"]["mean"]
+        rise = full["second_half_rise"]
+        verdict = {"ratio_full_over_per_frame": ratio, "psnr_full_minus_per_frame": gap,
+                   "full_curve_second_half_rise": rise,
+                   "coherent": ratio <= args.ratio_goal, "fidelity": gap >= -args.psnr_tolerance,
+                   "stable": rise is not None and rise <= RISE_TOLERANCE}
+        verdict["holds"] = verdict["coherent"] and verdict["fidelity"] and verdict["stable"]
+    return {"variants": variants, "verdict": verdict}
+
+
+RISE_TOLERANCE = 0.05
+"""The ratio 'does not rise' over the curve's second half when its least-squares line climbs by at most
+this fraction of its mean there (the seed-mean curve's points scatter by a few percent)."""
+
+
+def _spread(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return {"mean": float("nan"), "sd": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The seeds' curves point by point (as long as the shortest), averaged."""
+    length = min((len(c) for c in curves), default=0)
+    return [{key: statistics.fmean(c[i][key] for c in curves) for key in ("train_s", "psnr", "ssim", "warp_ratio")}
+            for i in range(length)]
+
+
+def _rise(values: list[float], times: list[float]) -> float | None:
+    """Climb of the least-squares line through the second half of a curve, relative to its mean."""
+    half = [(t, v) for t, v in zip(times[len(times) // 2:], values[len(values) // 2:])]
+    if len(half) < 2:
+        return None
+    t_mean = statistics.fmean(t for t, _ in half)
+    v_mean = statistics.fmean(v for _, v in half)
+    slope = sum((t - t_mean) * (v - v_mean) for t, v in half) / sum((t - t_mean) ** 2 for t, _ in half)
+    return slope * (half[-1][0] - half[0][0]) / v_mean
+
+
+def print_report(rows: list[dict], summary: dict, args: argparse.Namespace) -> None:
+    print(f"\nequal wall-clock training: {args.budget_s:.0f} s per run; held-out clips scored from labels alone")
+    print(f"{'run':<28} {'steps':>6} {'PSNR dB':>8} {'SSIM':>7} {'ratio':>7} {'m new':>6} {'m seen':>6} "
+          f"{'L1 h':>6} {'L1 warp':>7} {'EPE':>5}")
     for row in rows:
-        print(f"{row['variant']:<10} {row['steps']:>6} {row['psnr']:>8.2f} {row['ssim']:>7.4f} "
-              f"{row['warp_error']:>9.5f} {row['warp_error_real']:>9.5f} {row['warp_ratio']:>7.3f}")
-    by_name = {row["variant"]: row for row in rows}
-    if {"full", "per_frame"} <= by_name.keys():
-        full, single = by_name["full"], by_name["per_frame"]
-        coherent = full["warp_ratio"] < single["warp_ratio"]
-        fidelity = full["psnr"] >= single["psnr"] - args.psnr_tolerance
-        print(f"\nwarping-error ratio per_frame/full: {single['warp_ratio'] / full['warp_ratio']:.2f}x; "
-              f"PSNR full - per_frame: {full['psnr'] - single['psnr']:+.2f} dB")
-        verdict = "HOLDS" if coherent and fidelity else "DOES NOT HOLD"
-        print(f"claim (more temporally coherent at equal or better per-frame quality): {verdict} here "
-              f"(coherence {'yes' if coherent else 'no'}, PSNR within {args.psnr_tolerance} dB "
-              f"{'yes' if fidelity else 'no'})")
+        d = row["diagnostics"]
+        print(f"{row['variant'] + '-seed' + str(row['seed']):<28} {row['steps']:>6} {row['psnr']:>8.2f} "
+              f"{row['ssim']:>7.4f} {row['warp_ratio']:>7.3f} {d['mask_disoccluded']:>6.3f} {d['mask_visible']:>6.3f} "
+              f"{d['l1_hallucinated']:>6.3f} {d['l1_warped']:>7.3f} {d['flow_epe_visible']:>5.2f}")
+    print("\nper variant, mean +- sd over seeds [min, max]")
+    for name, v in summary["variants"].items():
+        print(f"{name:<22} steps {v['steps']['mean']:>6.0f}  PSNR {_fmt(v['psnr'], 2)}  SSIM {_fmt(v['ssim'], 4)}  "
+              f"ratio {_fmt(v['warp_ratio'], 3)}")
+        if not name.startswith("per_frame"):
+            print(f"{'':<22} mask new/seen {v['mask_disoccluded']['mean']:.3f}/{v['mask_visible']['mean']:.3f} "
+                  f"({v['mask_ratio']['mean']:.1f}x)  L1 h {v['l1_hallucinated']['mean']:.4f}  "
+                  f"L1 warped {v['l1_warped']['mean']:.4f}  L1 output {v['l1_output']['mean']:.4f}  "
+                  f"flow EPE {v['flow_epe_visible']['mean']:.3f} px (zero flow {v['zero_flow_epe_visible']['mean']:.3f})")
+            print(f"{'':<22} warping with the target flow instead: ratio {_fmt(v['target_flow_warp_ratio'], 3)}, "
+                  f"PSNR {v['target_flow_psnr']['mean']:.2f}")
+        print(f"{'':<22} PSNR by frame: " + " ".join(f"{p:.2f}" for p in v["psnr_by_frame"]))
+    print("\nlearning curves (seed means): PSNR / warping-error ratio at seconds of training")
+    for name, v in summary["variants"].items():
+        points = "  ".join(f"{p['train_s']:.0f}s {p['psnr']:.2f}/{p['warp_ratio']:.2f}" for p in v["curve"])
+        rise = v["second_half_rise"]
+        print(f"{name:<22} {points}  (second half: {'n/a' if rise is None else f'{rise:+.1%}'})")
+    verdict = summary["verdict"]
+    if verdict:
+        print(f"\nwarping-error ratio full/per_frame: {verdict['ratio_full_over_per_frame']:.2f} "
+              f"(goal <= {args.ratio_goal}); PSNR full - per_frame: {verdict['psnr_full_minus_per_frame']:+.2f} dB "
+              f"(goal >= -{args.psnr_tolerance}); full's ratio over the second half of its curve: "
+              f"{'n/a' if verdict['full_curve_second_half_rise'] is None else format(verdict['full_curve_second_half_rise'], '+.1%')} "
+              f"(goal <= +{RISE_TOLERANCE:.0%})")
+        print(f"claim (more temporally coherent at equal per-frame quality, not degrading): "
+              f"{'HOLDS' if verdict['holds'] else 'DOES NOT HOLD'} here (coherence "
+              f"{'yes' if verdict['coherent'] else 'no'}, PSNR {'yes' if verdict['fidelity'] else 'no'}, "
+              f"stable {'yes' if verdict['stable'] else 'no'})")
+
+
+def _fmt(stat: dict, digits: int) -> str:
+    return (f"{stat['mean']:.{digits}f} +- {stat['sd']:.{digits}f} "
+            f"[{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ import numpy as np
 from dataio.config import SynthConfig
 from dataio.synth_scene import CLASS_NAMES, ROAD, SIDEWALK, SKY, Scene, sample_scene
 
-__all__ = ["CLASS_NAMES", "generate", "render_scene", "render_sequence", "sequence_seed", "shade_points"]
+__all__ = ["CLASS_NAMES", "disocclusions", "generate", "render_scene", "render_sequence", "sequence_seed",
+           "shade_points"]
 
 GENERATOR = "vid2vid.synth"  # marks meta.json files this module wrote (and may overwrite)
 _SKY, _GROUND = 0, 1  # surface indices before the sprites in the visibility map
@@ -127,6 +128,22 @@ def _shade(scene: Scene, t: int, owner: np.ndarray, rows: np.ndarray, cols: np.n
                 flow[ids] = plane.flow(cam, t)
     rgb = np.clip(rgb * (scene.light.gain * scene.light.tint * 255.0), 0.0, 255.0)
     return rgb, labels, instances, flow
+
+
+def disocclusions(instances: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """bool [T, H, W]: pixels of frame t whose surface was not in view in frame t-1, from the exact
+    backward flow [T, H, W, 2] and the instance ids [T, H, W]: the flow leads out of the frame, or to
+    a pixel of another surface (it was hidden behind that one). Frame 0 has no previous frame: False."""
+    steps, height, width = instances.shape
+    out = np.zeros((steps, height, width), bool)
+    rows, cols = np.mgrid[0:height, 0:width]
+    for t in range(1, steps):
+        r = np.rint(rows + flow[t, ..., 1]).astype(np.int64)
+        c = np.rint(cols + flow[t, ..., 0]).astype(np.int64)
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        source = instances[t - 1][r.clip(0, height - 1), c.clip(0, width - 1)]
+        out[t] = ~inside | (source != instances[t])
+    return out
 
 
 def sequence_seed(seed: int, index: int) -> int:

@@ -7,7 +7,9 @@ bf16 frames would lose most of their digits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -147,3 +149,76 @@ def warping_error(frames: Tensor, flow: Tensor, confidence: Tensor | None = None
     error = torch.where(weight > 0, total / weight.clamp(min=torch.finfo(torch.float64).tiny),
                         torch.full_like(weight, float("nan")))
     return WarpingError(error=error, weight=weight)
+
+
+@dataclass
+class FlowDiagnostics:
+    """What the sequential generator does inside, against a ground truth that knows the exact flow and
+    which pixels are newly seen (``dataio.synth``): sums over the frames that have a flow, pooled over
+    clips with ``+``; ``means()`` turns them into the reported numbers."""
+    mask_disoccluded: float = 0.0
+    """Sum of the mask m over disoccluded pixels (m = 1: hallucinated)."""
+    disoccluded: float = 0.0
+    mask_visible: float = 0.0
+    visible: float = 0.0
+    l1_hallucinated: float = 0.0
+    """Sum of |h - real| per pixel (channel mean, [0, 1] scale), all pixels."""
+    l1_hallucinated_disoccluded: float = 0.0
+    l1_warped: float = 0.0
+    """The same for the previous output warped by the predicted flow."""
+    l1_output: float = 0.0
+    pixels: float = 0.0
+    epe_visible: float = 0.0
+    """Sum of the end-point error (pixels) of the predicted flow over visible pixels."""
+    zero_flow_epe_visible: float = 0.0
+    """The same for a flow of 0 (the true flow's length): what predicting nothing scores."""
+    psnr_by_frame: list[float] = field(default_factory=list)
+    """Sum over clips of each frame's PSNR (frame 0: the label-only first frame)."""
+    clips: int = 0
+
+    def __add__(self, other: FlowDiagnostics) -> FlowDiagnostics:
+        longest = max(len(self.psnr_by_frame), len(other.psnr_by_frame))
+        pad = [0.0] * longest
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name)
+                  for f in fields(self) if f.name != "psnr_by_frame"}
+        by_frame = [a + b for a, b in zip((self.psnr_by_frame + pad)[:longest], (other.psnr_by_frame + pad)[:longest])]
+        return FlowDiagnostics(**summed, psnr_by_frame=by_frame)
+
+    def means(self) -> dict[str, Any]:
+        def ratio(a: float, b: float) -> float:
+            return a / b if b else math.nan
+        mask_new, mask_seen = ratio(self.mask_disoccluded, self.disoccluded), ratio(self.mask_visible, self.visible)
+        return {"mask_disoccluded": mask_new, "mask_visible": mask_seen,
+                "mask_ratio": ratio(mask_new, mask_seen),
+                "disoccluded_share": ratio(self.disoccluded, self.disoccluded + self.visible),
+                "l1_hallucinated": ratio(self.l1_hallucinated, self.pixels),
+                "l1_hallucinated_disoccluded": ratio(self.l1_hallucinated_disoccluded, self.disoccluded),
+                "l1_warped": ratio(self.l1_warped, self.pixels), "l1_output": ratio(self.l1_output, self.pixels),
+                "flow_epe_visible": ratio(self.epe_visible, self.visible),
+                "zero_flow_epe_visible": ratio(self.zero_flow_epe_visible, self.visible),
+                "psnr_by_frame": [ratio(p, self.clips) for p in self.psnr_by_frame]}
+
+
+def flow_diagnostics(images: Tensor, hallucinated: Tensor, warped: Tensor, mask: Tensor, flow: Tensor,
+                     real: Tensor, true_flow: Tensor, disoccluded: Tensor) -> FlowDiagnostics:
+    """Diagnostics of generated clips [B, T, ...] (``models.generator.ClipOutput``'s fields: output,
+    h, warped previous output, m, predicted flow; frame 0 has none) against the real frames, the exact
+    flow [B, T, 2, H, W] and the exact disocclusions [B, T, H, W] (bool). Frames 1.. are scored."""
+    if images.dim() != 5 or images.shape[1] < 2:
+        raise ValueError(f"flow_diagnostics: clips [B, T>=2, 3, H, W], got {tuple(images.shape)}")
+    new = disoccluded[:, 1:].to(torch.float64)
+    seen = 1 - new
+    m = mask[:, 1:, 0].to(torch.float64)
+
+    def l1(a: Tensor) -> Tensor:  # [B, T-1, H, W] on the [0, 1] scale
+        return (_unit(a[:, 1:]) - _unit(real[:, 1:])).abs().mean(dim=2).to(torch.float64)
+    epe = (flow[:, 1:] - true_flow[:, 1:]).to(torch.float64).norm(dim=2)
+    still = true_flow[:, 1:].to(torch.float64).norm(dim=2)
+    l1_h = l1(hallucinated)
+    return FlowDiagnostics(
+        mask_disoccluded=float((m * new).sum()), disoccluded=float(new.sum()),
+        mask_visible=float((m * seen).sum()), visible=float(seen.sum()),
+        l1_hallucinated=float(l1_h.sum()), l1_hallucinated_disoccluded=float((l1_h * new).sum()),
+        l1_warped=float(l1(warped).sum()), l1_output=float(l1(images).sum()), pixels=float(new.numel()),
+        epe_visible=float((epe * seen).sum()), zero_flow_epe_visible=float((still * seen).sum()),
+        psnr_by_frame=psnr(images, real).to(torch.float64).sum(dim=0).tolist(), clips=images.shape[0])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dataio.config import SynthConfig
-from dataio.synth import CLASS_NAMES, generate, render_scene, render_sequence, sequence_seed, shade_points
+from dataio.synth import (CLASS_NAMES, disocclusions, generate, render_scene, render_sequence, sequence_seed,
+                          shade_points)
 from dataio.synth_scene import INSTANCE_STRIDE, PERSON, VEHICLE, sample_scene
 
 H, W, T = 64, 128, 8
@@ -139,6 +140,34 @@ def test_warping_the_previous_frame_with_the_flow_reproduces_the_frame(scenes: d
         assert errors.size > 0.8 * (T - 1) * H * W, seed
         assert np.median(errors) <= 1.0 and errors.mean() < 3.0, (seed, np.median(errors), errors.mean())
         assert warp_errors(frames, dx=0.5).mean() > 2 * errors.mean(), seed
+
+
+def test_disocclusions_are_the_pixels_a_moving_object_uncovers() -> None:
+    """A 2x2 square moving right by 2 px over a still background: frame 1 newly shows the 2 columns
+    it left, and the square itself (it was in view) is not new."""
+    instances = np.zeros((2, 4, 8), np.uint16)
+    instances[0, 1:3, 1:3] = 7
+    instances[1, 1:3, 3:5] = 7
+    flow = np.zeros((2, 4, 8, 2), np.float32)
+    flow[1, 1:3, 3:5, 0] = -2.0  # the square's pixels come from 2 px to the left
+    new = disocclusions(instances, flow)
+    expected = np.zeros((4, 8), bool)
+    expected[1:3, 1:3] = True  # background behind where the square was
+    assert not new[0].any() and np.array_equal(new[1], expected)
+    # Content entering the frame (a pan: every pixel comes from 1 px to the right) is new at the edge.
+    pan = np.zeros((2, 4, 8, 2), np.float32)
+    pan[1, ..., 0] = 1.0
+    assert np.array_equal(disocclusions(np.zeros((2, 4, 8), np.uint16), pan)[1],
+                          np.arange(8)[None, :].repeat(4, 0) == 7)
+
+
+def test_disocclusions_of_the_synthetic_street_are_few_and_never_inside_a_still_view(scenes: dict) -> None:
+    for _, arrays in scenes.values():
+        new = disocclusions(arrays["instances"], arrays["flow"])
+        assert 0.0 < new[1:].mean() < 0.1
+        # A pixel whose surface and neighbourhood are the same in both frames is not new.
+        same = (arrays["instances"][1:] == arrays["instances"][:-1]) & (np.abs(arrays["flow"][1:]).max(-1) == 0)
+        assert not (new[1:] & same).any()
 
 
 def test_camera_motion_gives_parallax() -> None:

@@ -181,3 +181,35 @@ def test_single_frame_clips_and_bad_shapes_are_refused():
         warping_error(torch.zeros(1, 1, 3, 8, 8), torch.zeros(1, 1, 2, 8, 8))
     with pytest.raises(ValueError, match="flow"):
         warping_error(torch.zeros(1, 2, 3, 8, 8), torch.zeros(1, 2, 2, 8, 9))
+
+
+def test_flow_diagnostics_by_hand():
+    """One clip of 2 frames, 1x4 pixels: frame 1 has the mask high on its one new pixel, h exact there,
+    the warped previous output off by 0.5 (on [0, 1]) on one pixel, and a flow 1 px off on one pixel."""
+    from models.metrics import FlowDiagnostics, flow_diagnostics
+
+    real = torch.zeros(1, 2, 3, 1, 4)
+    images = real.clone()
+    hallucinated = real.clone()
+    hallucinated[:, 1, :, :, :2] = 1.0  # [-1, 1] scale: 0.5 off on the [0, 1] scale, 2 pixels
+    warped = real.clone()
+    warped[:, 1, :, :, 3] = -1.0  # 0.5 off, 1 pixel
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.9, 0.1, 0.1, 0.3]).view(1, 2, 1, 1, 4)
+    flow = torch.zeros(1, 2, 2, 1, 4)
+    flow[:, 1, 0, :, 1] = 1.0
+    new = torch.tensor([[False] * 4, [True, False, False, False]]).view(1, 2, 1, 4)
+    d = flow_diagnostics(images, hallucinated, warped, mask, flow, real, torch.zeros_like(flow), new)
+    means = d.means()
+    assert means["mask_disoccluded"] == pytest.approx(0.9)
+    assert means["mask_visible"] == pytest.approx((0.1 + 0.1 + 0.3) / 3)
+    assert means["mask_ratio"] == pytest.approx(0.9 / (0.5 / 3))
+    assert means["disoccluded_share"] == pytest.approx(0.25)
+    assert means["l1_hallucinated"] == pytest.approx(2 * 0.5 / 4)
+    assert means["l1_hallucinated_disoccluded"] == pytest.approx(0.5)
+    assert means["l1_warped"] == pytest.approx(0.5 / 4)
+    assert means["l1_output"] == 0.0
+    assert means["flow_epe_visible"] == pytest.approx(1 / 3)
+    assert means["zero_flow_epe_visible"] == 0.0  # the true flow is 0 here
+    assert means["psnr_by_frame"] == [PSNR_CAP_DB, PSNR_CAP_DB]
+    # Sums pool over clips: two copies give the same means.
+    assert (d + d).means() == means and (FlowDiagnostics() + d).means() == means
