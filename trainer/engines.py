@@ -113,6 +113,7 @@ def optimizer_state(engine, params: Iterable[nn.Parameter]) -> dict[int, dict[st
             step = _group_step(engine, param)
             if step is None:  # the engine never stepped: nothing to carry
                 continue
+            _link_fragments(engine, _group_index(engine, param))
             state = {k: safe_get_full_optimizer_state(param, k) for k in ADAM_KEYS}
             state["step"] = step
         else:
@@ -156,6 +157,16 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
         else:
             inner.state[param] = {"step": state["step"].clone(), **{k: state[k].clone() for k in ADAM_KEYS}}
     return len(params)
+
+
+def _link_fragments(engine, index: int) -> None:
+    """Point the parameters of ZeRO group ``index`` at their slices of the Adam state. ZeRO links them
+    lazily at its first step; an engine just loaded from a checkpoint has the state but not the links
+    yet (reading a moment then failed inside DeepSpeed: 'NoneType' is not iterable)."""
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    flat = engine.optimizer.single_partition_of_fp32_groups[index]
+    lazy_init_hp_params_optimizer_state(engine.optimizer.bit16_groups[index], flat, inner_optimizer(engine).state)
 
 
 def _group_index(engine, param: nn.Parameter) -> int:

@@ -150,15 +150,19 @@ def copy_checkpoint(run_a: Path, work: Path, step: int) -> Path:
     return target / name
 
 
-def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", [
+    2,  # end of epoch 0: the next epoch trains the new scale 1 alone (no parameter keeps training)
+    4,  # end of epoch 1: the next releases scale 0 to train with scale 1, whose Adam moments carry over
+])
+def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path, step: int) -> None:
     work = workdir_with(tmp_path, shards)
-    copy_checkpoint(run_a, work, 2)
+    copy_checkpoint(run_a, work, step)
     proc = trainer_run(work, *ZERO2)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    assert "resumed from checkpoints/tiny/step-000000002" in proc.stderr
+    assert f"resumed from checkpoints/tiny/step-{step:09d}" in proc.stderr
     for key in ("g/total", "d/total", "g/flow"):
         uninterrupted, resumed = metric_history(run_a, key), metric_history(work, key)
-        assert sorted(resumed) == list(range(3, 9))
+        assert sorted(resumed) == list(range(step + 1, 9))
         assert {s: uninterrupted[s] for s in resumed} == resumed, key
     a = torch.load(run_a / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
     b = torch.load(work / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
