@@ -10,16 +10,19 @@ def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = No
     from dataio.manifest import read_manifest
 
     manifest = read_manifest(cfg.shards)
-    rows = [r for r in manifest if r["split"] == split]
+    rows = [r for r in manifest.rows if r.split == split]
     if not rows:
         raise FileNotFoundError(f"{cfg.shards}: no '{split}' samples in manifest.parquet")
-    height = height or rows[0]["height"]
-    width = width or rows[0]["width"]
+    height = height or rows[0].height
+    width = width or rows[0].width
     frames = frames or cfg.clip_frames
     loader = build_loader(cfg, height, width, frames, split=split)
-    batch = next(iter(loader))
-    lines = [f"{cfg.shards} [{split}]: {len(rows)} clips in {len({r['shard'] for r in rows})} shards, "
-             f"{rows[0]['classes']} classes",
+    try:
+        batch = next(iter(loader))
+    finally:
+        loader.close()
+    lines = [f"{cfg.shards} [{split}]: {len(rows)} clips in {len({r.shard for r in rows})} shards, "
+             f"{manifest.num_classes} classes",
              f"batch of {len(batch.keys)}: {', '.join(batch.keys)}"]
     for name in ("rgb", "labels", "flow", "flow_conf"):
         t = getattr(batch, name)
@@ -27,5 +30,5 @@ def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = No
                      f"min {t.min().item():8.3f}  max {t.max().item():8.3f}  mean {t.float().mean().item():8.3f}")
     present = batch.labels[:, :, :cfg.num_classes].sum(dim=(0, 1, 3, 4))
     lines.append(f"  classes present: {[i for i, n in enumerate(present.tolist()) if n > 0]}")
-    lines.append(f"  loader stats: {loader.stats}")
+    lines.append(f"  loader stats: read {loader.stats.read}, skipped {loader.stats.skipped}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the GPU marker, the real test videos and a real S3 endpoint (moto server)."""
+"""Shared fixtures: the GPU marker, the real test videos (tests/data) and a real S3 endpoint (moto server)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ import pytest
 from live_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_VIDEOS = Path(__file__).resolve().parent / "data"
 
 
 def _has_gpu() -> bool:
@@ -39,11 +39,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real videos of ../shared/data (see its SOURCES.md)."""
-    if not (SHARED_DATA / "SOURCES.md").exists():
-        pytest.fail(f"the shared test videos are missing: {SHARED_DATA}")
-    return SHARED_DATA
+def test_videos() -> Path:
+    """The real videos of tests/data (sources and licences in its SOURCES.md)."""
+    return TEST_VIDEOS
 
 
 @pytest.fixture(scope="session")

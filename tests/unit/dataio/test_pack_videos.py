@@ -1,4 +1,4 @@
-"""The real videos of ../shared/data (SOURCES.md): counts and sizes, exact range reads, and the H.264
+"""The real videos of tests/data (SOURCES.md): counts and sizes, exact range reads, and the H.264
 file packed (transcoded to VP9) and decoded by DALI's CPU decoder, which refuses H.264 itself."""
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ LISTED = {"flower.mp4": ("h264", 960, 540, 150, 29.97), "flower.webm": ("vp8", 9
 
 
 @pytest.mark.parametrize("name", sorted(LISTED))
-def test_real_videos_have_the_listed_frames_and_sizes(shared_data: Path, name: str) -> None:
-    info = video.scan(shared_data / name)  # decodes every frame; audio streams are ignored
+def test_real_videos_have_the_listed_frames_and_sizes(test_videos: Path, name: str) -> None:
+    info = video.scan(test_videos / name)  # decodes every frame; audio streams are ignored
     codec, width, height, frames, fps = LISTED[name]
     assert (info.codec, info.width, info.height, info.frames) == (codec, width, height, frames)
     assert info.fps == pytest.approx(fps, abs=0.01)
     assert info.pts is not None  # timestamps increase: range reads may seek
 
 
-def test_range_reads_seek_to_exactly_the_frames_a_full_decode_gives(shared_data: Path) -> None:
-    path = shared_data / "bbb_180_10s_vp9.webm"
+def test_range_reads_seek_to_exactly_the_frames_a_full_decode_gives(test_videos: Path) -> None:
+    path = test_videos / "bbb_180_10s_vp9.webm"
     everything = video.decode(path)
     info = video.scan(path)
     for start, stop in ((0, 4), (137, 153), (284, 300)):
@@ -40,10 +40,10 @@ def test_range_reads_seek_to_exactly_the_frames_a_full_decode_gives(shared_data:
         video.decode_range(path, 298, 302)
 
 
-def test_h264_video_is_transcoded_packed_and_decodes_on_the_cpu(shared_data: Path, tmp_path: Path) -> None:
+def test_h264_video_is_transcoded_packed_and_decodes_on_the_cpu(test_videos: Path, tmp_path: Path) -> None:
     source = tmp_path / "src" / "flower"
     (source / "labels").mkdir(parents=True)
-    (source / "rgb.mp4").symlink_to(shared_data / "flower.mp4")
+    (source / "rgb.mp4").symlink_to(test_videos / "flower.mp4")
     # label maps at the video's own 960x540 (the files carry none): three vertical bands that drift
     columns = np.arange(960)
     bands = np.stack([np.broadcast_to(((columns + 5 * t) // 320 % 3).astype(np.uint8), (540, 960))
@@ -64,7 +64,7 @@ def test_h264_video_is_transcoded_packed_and_decodes_on_the_cpu(shared_data: Pat
     assert video.probe(data[f"{key}.rgb.webm"])["codec"] == "vp9"
 
     decoded = dali_cpu_decode(data[f"{key}.rgb.webm"])
-    source_frames = video.decode_range(shared_data / "flower.mp4", 64, 72)
+    source_frames = video.decode_range(test_videos / "flower.mp4", 64, 72)
     expected = np.stack([cv2.resize(f, (112, 64), interpolation=cv2.INTER_AREA) for f in source_frames])
     mse = np.mean((decoded.astype(np.float64) - expected) ** 2)
     assert 10 * np.log10(255 ** 2 / mse) > 30
