@@ -31,6 +31,10 @@ class PackConfig:
     """`vid2vid data pack`: input folders or videos -> WebDataset shards."""
     source: str = "data/synth"
     """Folder of sequences (sub-folders with frames/ and labels/, or videos); see the README."""
+    layout: Literal["ours", "vid2vid", "davis"] = "ours"
+    """How `source` is laid out: `ours` (above), `vid2vid` (the reference code's train_A/ label maps,
+    train_B/ frames, train_inst/ instance maps, one sub-folder per sequence each) or `davis`
+    (JPEGImages/480p/<seq>/ frames, Annotations/480p/<seq>/ masks)."""
     clips_per_shard: int = 16
     """Samples per tar shard."""
     clip_stride: int = 8
@@ -44,7 +48,12 @@ class PackConfig:
     label_kind: Literal["classes", "rgb"] = "classes"
     """`classes`: single-channel class ids; `rgb`: 3-channel renderings (pose, edges)."""
     val_fraction: float = 0.1
-    """Share of sequences (by a stable hash of the name) put in the `val` split."""
+    """Share held out in the `val` split: of the sequences (``split: sequence``) or of each sequence's
+    frames (``split: time``)."""
+    split: Literal["sequence", "time"] = "sequence"
+    """`sequence`: whole sequences go to `val`, chosen by a stable hash of the name (nothing of a val
+    sequence is trained on). `time`: the last `val_fraction` of every sequence's frames (at least one
+    clip) is held out, and train clips end before it: for one long sequence, or a few."""
     resize: list[int] = field(default_factory=list)
     """Optional [height, width] every sequence is resized to before packing (labels nearest)."""
     workers: int = 0

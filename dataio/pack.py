@@ -37,7 +37,8 @@ from dataio import format as fmt
 from dataio.config import DataConfig
 from dataio.flow import backward_flow
 from dataio.manifest import Manifest, ManifestRow, write_manifest
-from dataio.sources import BadInputError, ReadOptions, Sequence, read_clip, scan_sequence, sequence_folders
+from dataio.sources import (BadInputError, ReadOptions, Sequence, SequenceSource, read_clip, scan_sequence,
+                            sequence_sources)
 from dataio.storage import Destination, describe
 from dataio.video import encode_lossless, encode_rgb
 
@@ -49,7 +50,7 @@ A task encodes a run of overlapping clips of one sequence, computing each frame 
 20 bytes per pixel are held (RGB, labels, float flow and confidence), so 16 Mi pixels is ~320 MB per
 worker. At 256x128 that is a whole 24-frame sequence; at 2048x1024 one 8-frame clip."""
 
-__all__ = ["BadInputError", "PackReport", "SkippedSequence", "pack", "split_of"]
+__all__ = ["BadInputError", "PackReport", "SkippedSequence", "clip_starts", "pack", "split_of"]
 
 
 class SettingsMismatchError(ValueError):
@@ -76,12 +77,15 @@ class PackReport:
     bytes: int
     """Bytes this run wrote (tars and indexes)."""
     seconds: float
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """E.g. a split that got no clips."""
 
     def summary(self) -> str:
         lines = [f"packed {self.clips} clips of {self.sequences} sequences into {describe(self.destination)}: "
                  f"{self.shards_written} shards written ({self.bytes / 1e6:.1f} MB), "
                  f"{self.shards_resumed} resumed, in {self.seconds:.1f} s"]
         lines += [f"skipped {s.name}: {s.reason}" for s in self.skipped]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -126,13 +130,14 @@ def pack(cfg: DataConfig, progress: bool = True) -> PackReport:
     opts = ReadOptions.from_config(cfg)
     encoding = _Encoding(opts, cfg.pack.rgb_crf, cfg.pack.flow)
     dest = Destination(cfg.shards)
-    folders = sequence_folders(Path(cfg.pack.source))
+    folders = sequence_sources(Path(cfg.pack.source), cfg.pack.layout)
     settings = _settings(cfg)
     _check_settings(dest, settings)
     workers = cfg.pack.workers or _cores()
     with _executor(workers) as pool:
         sequences, skipped = _scan(folders, opts, pool, cfg.pack.skip_bad, progress)
         shards = _plan(sequences, cfg)
+        warnings = _empty_splits(shards, len(sequences), cfg)
         dest.prepare()
         dest.remove_partial()
         dest.write_bytes(SETTINGS, json.dumps(settings, indent=1, sort_keys=True).encode())
@@ -145,7 +150,7 @@ def pack(cfg: DataConfig, progress: bool = True) -> PackReport:
     write_manifest(Manifest(rows, cfg.num_classes, cfg.clip_frames, cfg.pack.label_kind), dest)
     report = PackReport(destination=dest.url, sequences=len(sequences), skipped=skipped, clips=len(rows),
                         shards_written=len(todo), shards_resumed=len(finished), bytes=written.bytes,
-                        seconds=time.monotonic() - began)
+                        seconds=time.monotonic() - began, warnings=warnings)
     dest.write_bytes(REPORT, json.dumps(dataclasses.asdict(report), indent=1).encode())
     return report
 
@@ -154,16 +159,16 @@ def pack(cfg: DataConfig, progress: bool = True) -> PackReport:
 # scan and plan
 
 
-def _scan(folders: list[Path], opts: ReadOptions, pool: cf.Executor, skip_bad: bool, progress: bool
+def _scan(folders: list[SequenceSource], opts: ReadOptions, pool: cf.Executor, skip_bad: bool, progress: bool
           ) -> tuple[list[Sequence], list[SkippedSequence]]:
-    futures = [pool.submit(_scan_one, folder, opts) for folder in folders]
+    futures = [pool.submit(_scan_one, source, opts) for source in folders]
     results: list[Sequence | BadInputError] = []
     with tqdm(total=len(futures), desc="scan", unit="seq", file=sys.stderr, disable=not progress) as bar:
         for future in futures:
             results.append(future.result())
             bar.update()
     sequences: list[Sequence] = []
-    bad: list[tuple[Path, BadInputError]] = []
+    bad: list[tuple[SequenceSource, BadInputError]] = []
     taken: dict[str, Path] = {}
     for folder, result in zip(folders, results):
         if isinstance(result, Sequence):
@@ -178,14 +183,14 @@ def _scan(folders: list[Path], opts: ReadOptions, pool: cf.Executor, skip_bad: b
         more = "".join(f"\n  and {err}" for err in errors[1:])
         raise BadInputError(errors[0].path, errors[0].problem + more)
     if not sequences:
-        raise BadInputError(folders[0].parent, "no sequence could be packed:" +
+        raise BadInputError(folders[0].folder.parent, "no sequence could be packed:" +
                             "".join(f"\n  {err}" for err in errors))
     return sequences, [SkippedSequence(folder.name, str(err)) for folder, err in bad]
 
 
-def _scan_one(folder: Path, opts: ReadOptions) -> Sequence | BadInputError:
+def _scan_one(source: SequenceSource, opts: ReadOptions) -> Sequence | BadInputError:
     try:
-        return scan_sequence(folder, opts)
+        return scan_sequence(source, opts)
     except BadInputError as err:
         return err
 
@@ -205,12 +210,45 @@ def _check_key(sequence: Sequence, taken: dict[str, Path]) -> Sequence | BadInpu
 def _plan(sequences: list[Sequence], cfg: DataConfig) -> list[_Shard]:
     clips: dict[str, list[_Clip]] = {"train": [], "val": []}
     for index, sequence in enumerate(sequences):
-        starts = range(0, sequence.frames - cfg.clip_frames + 1, cfg.pack.clip_stride)
-        clips[split_of(sequence.name, cfg.pack.val_fraction)] += [
-            _Clip(fmt.sample_key(sequence.key_name, start), index, start) for start in starts]
+        for split, starts in clip_starts(sequence.name, sequence.frames, cfg).items():
+            clips[split] += [_Clip(fmt.sample_key(sequence.key_name, start), index, start) for start in starts]
     per_shard = cfg.pack.clips_per_shard
     return [_Shard(fmt.shard_name(split, i // per_shard), split, tuple(items[i:i + per_shard]))
             for split, items in clips.items() for i in range(0, len(items), per_shard)]
+
+
+def _empty_splits(shards: list[_Shard], sequences: int, cfg: DataConfig) -> list[str]:
+    """A warning for each split that got no clips, saying how to fill it."""
+    found = {shard.split for shard in shards}
+    how = (f"data.pack.split={cfg.pack.split}, data.pack.val_fraction={cfg.pack.val_fraction}, "
+           f"{sequences} sequence{'s' if sequences != 1 else ''}")
+    warnings = []
+    if "val" not in found and cfg.pack.val_fraction > 0:
+        hint = ("data.pack.split=time holds out the end of every sequence instead" if cfg.pack.split == "sequence"
+                else "the sequences are too short for a clip on each side")
+        warnings.append(f"no val clips ({how}): {hint}")
+    if "train" not in found:
+        hint = ("data.pack.split=time keeps the start of every sequence for training"
+                if cfg.pack.split == "sequence" else "lower data.pack.val_fraction")
+        warnings.append(f"no train clips ({how}): training needs some; {hint}")
+    return warnings
+
+
+def clip_starts(name: str, frames: int, cfg: DataConfig) -> dict[str, range]:
+    """First frames of the train and val clips of a sequence (``data.pack.split``).
+
+    By time, the val part is the last ``val_fraction`` of the frames, at least one clip long, and train
+    clips end where it begins, so no frame is in both splits; a sequence too short for a clip on each
+    side stays whole in train.
+    """
+    length, stride, pack = cfg.clip_frames, cfg.pack.clip_stride, cfg.pack
+    if pack.split == "sequence" or pack.val_fraction == 0:
+        split = split_of(name, pack.val_fraction)
+        return {split: range(0, frames - length + 1, stride), ("val" if split == "train" else "train"): range(0)}
+    held = frames - max(length, round(frames * pack.val_fraction))
+    if held < length:
+        return {"train": range(0, frames - length + 1, stride), "val": range(0)}
+    return {"train": range(0, held - length + 1, stride), "val": range(held, frames - length + 1, stride)}
 
 
 def _settings(cfg: DataConfig) -> dict:
@@ -219,7 +257,10 @@ def _settings(cfg: DataConfig) -> dict:
     return {"num_classes": cfg.num_classes, "clip_frames": cfg.clip_frames, "clip_stride": pack.clip_stride,
             "clips_per_shard": pack.clips_per_shard, "rgb_crf": pack.rgb_crf, "flow": pack.flow,
             "label_map": {str(k): v for k, v in sorted(pack.label_map.items())}, "label_kind": pack.label_kind,
-            "val_fraction": pack.val_fraction, "resize": list(pack.resize)}
+            "val_fraction": pack.val_fraction, "split": pack.split, "resize": list(pack.resize)}
+
+
+_ADDED_SETTINGS = {"split": "sequence"}
 
 
 def _check_settings(dest: Destination, settings: dict) -> None:
@@ -227,6 +268,7 @@ def _check_settings(dest: Destination, settings: dict) -> None:
         recorded = json.loads(dest.read_bytes(SETTINGS))
     except FileNotFoundError:
         return
+    recorded = {**_ADDED_SETTINGS, **recorded}  # packs made before a setting existed used its default
     changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in settings.items()
                if recorded.get(key) != value]
     if changed:

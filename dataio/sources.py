@@ -1,7 +1,7 @@
-"""The packing input layout, read into arrays and validated.
+"""The packing input layouts, read into arrays and validated.
 
-``pack.source`` is a folder with one sub-folder per sequence (hidden folders and loose files are
-ignored)::
+``pack.source`` is a folder of sequences (hidden folders and loose files are ignored), laid out as
+``pack.layout`` says. ``ours``, one sub-folder per sequence::
 
     source/
       street_0001/
@@ -11,6 +11,12 @@ ignored)::
       street_0002/
         rgb.mp4                                  or the RGB frames as one video (mp4 webm mkv avi mov,
         labels/ ...                              any codec PyAV reads: H.264 is transcoded when packing)
+
+``vid2vid``, the reference code's (NVIDIA/vid2vid ``datasets/Cityscapes``): ``train_A/<seq>/`` label
+maps, ``train_B/<seq>/`` frames, optional ``train_inst/<seq>/`` instance maps (``test_*`` when there is
+no ``train_A``). ``davis``, the DAVIS benchmark's: ``JPEGImages/<resolution>/<seq>/`` frames and
+``Annotations/<resolution>/<seq>/`` object masks (palette indices; 0/255 masks need
+``pack.label_map``), with ``480p`` taken when several resolutions are there.
 
 Files pair up by position in natural sort order (``2.png`` before ``10.png``), not by name; every
 stream of a sequence must hold the same number of frames, all of the frames' size. Label maps hold
@@ -27,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from collections.abc import Sequence as Sequence_  # "Sequence" is our sequence folder below
 from typing import Literal
 
 import cv2
@@ -34,11 +41,15 @@ import numpy as np
 from PIL import Image
 
 from dataio import video
+from dataio.labels import LabelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 MIN_SIDE = 16
 """Smallest packed side: DIS flow works on 8x8 patches over an image pyramid."""
+
+
+Layout = Literal["ours", "vid2vid", "davis"]
 
 
 class BadInputError(ValueError):
@@ -76,9 +87,9 @@ class ReadOptions:
     @classmethod
     def from_config(cls, cfg) -> "ReadOptions":
         """From a ``DataConfig`` (typed loosely to keep this module free of the config tree)."""
-        return cls(num_classes=cfg.num_classes, clip_frames=cfg.clip_frames, label_kind=cfg.pack.label_kind,
-                   label_map=tuple(sorted(cfg.pack.label_map.items())),
-                   resize=tuple(cfg.pack.resize) if cfg.pack.resize else None)
+        labels = LabelSpec.from_data(cfg, has_edges=False)
+        return cls(num_classes=labels.num_classes, clip_frames=cfg.clip_frames, label_kind=labels.kind,
+                   label_map=labels.label_map, resize=tuple(cfg.pack.resize) if cfg.pack.resize else None)
 
     def lookup(self) -> np.ndarray:
         """A table stored value -> class id for every 16-bit value (identity where not remapped)."""
@@ -131,8 +142,63 @@ class ClipArrays:
     """int32 [T, H, W] instance ids, or None."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SequenceSource:
+    """Where one input sequence's streams are, as its layout names them (checked when it is scanned)."""
+    name: str
+    folder: Path
+    """What an error about the sequence as a whole names (ours: the sequence folder)."""
+    labels: Path
+    """Folder of label maps."""
+    frames: Path | None = None
+    """Folder of frames; None in our layout, where ``folder`` holds ``frames/`` or ``rgb.<ext>``."""
+    instances: Path | None = None
+
+
+def sequence_sources(root: Path, layout: Layout = "ours") -> list[SequenceSource]:
+    """The input sequences under ``root`` (``data.pack.source``) in ``layout``, in natural order."""
+    if not root.is_dir():
+        raise BadInputError(root, "data.pack.source is not a folder")
+    if layout == "vid2vid":
+        phase = next((p for p in ("train", "test") if (root / f"{p}_A").is_dir()), None)
+        if phase is None:
+            raise BadInputError(root, "no train_A/ (or test_A/) folder of label maps: not the vid2vid layout "
+                                      "(data.pack.layout=vid2vid)")
+        labels, frames, instances = (root / f"{phase}_{s}" for s in ("A", "B", "inst"))
+        return [SequenceSource(f.name, frames / f.name, f, frames / f.name,
+                               instances / f.name if (instances / f.name).is_dir() else None)
+                for f in _sub_folders(labels, "sequence folders of label maps")]
+    if layout == "davis":
+        resolution = _davis_resolution(root)
+        frames, labels = root / "JPEGImages" / resolution, root / "Annotations" / resolution
+        return [SequenceSource(f.name, f, labels / f.name, f) for f in _sub_folders(frames, "sequence folders")]
+    return [SequenceSource(f.name, f, f / "labels", None, f / "instances" if (f / "instances").is_dir() else None)
+            for f in sequence_folders(root)]
+
+
+def _davis_resolution(root: Path) -> str:
+    images, masks = root / "JPEGImages", root / "Annotations"
+    if not images.is_dir() or not masks.is_dir():
+        raise BadInputError(root, "no JPEGImages/ and Annotations/ folders: not the DAVIS layout "
+                                  "(data.pack.layout=davis)")
+    both = sorted(p.name for p in images.iterdir() if p.is_dir() and (masks / p.name).is_dir())
+    if not both:
+        raise BadInputError(images, "no resolution folder (480p, Full-Resolution) found in both JPEGImages/ "
+                                    "and Annotations/")
+    return "480p" if "480p" in both else both[0]
+
+
+def _sub_folders(root: Path, what: str) -> list[Path]:
+    if not root.is_dir():
+        raise BadInputError(root, "not a folder")
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not folders:
+        raise BadInputError(root, f"no {what}")
+    return sorted(folders, key=lambda p: natural_key(p.name))
+
+
 def sequence_folders(root: Path) -> list[Path]:
-    """The sequence folders of a source folder, in natural order."""
+    """The sequence folders of a source folder in our layout, in natural order."""
     if not root.is_dir():
         raise BadInputError(root, "data.pack.source is not a folder")
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -146,13 +212,24 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def scan_sequence(folder: Path, opts: ReadOptions) -> Sequence:
-    """Find and fully read a sequence's files once, checking counts, sizes and label values."""
-    video_file = _find_video(folder)
-    if not (folder / "labels").is_dir():
-        raise BadInputError(folder, "no labels/ folder")
-    label_files = _list_images(folder / "labels", (".png",))
-    instance_files = _list_images(folder / "instances", (".png",)) if (folder / "instances").is_dir() else ()
+def scan_sequence(source: SequenceSource | Path, opts: ReadOptions) -> Sequence:
+    """Find and fully read a sequence's files once, checking counts, sizes and label values. A plain
+    folder is a sequence of our layout."""
+    if isinstance(source, Path):
+        source = SequenceSource(source.name, source, source / "labels", None,
+                                source / "instances" if (source / "instances").is_dir() else None)
+    folder = source.folder
+    if source.frames is None:
+        video_file, frames_folder = _find_video(folder), folder / "frames"
+    elif not source.frames.is_dir():
+        raise BadInputError(source.frames, f"no folder of frames for the label maps in {source.labels}")
+    else:
+        video_file, frames_folder = None, source.frames
+    if not source.labels.is_dir():
+        raise BadInputError(folder, "no labels/ folder" if source.frames is None
+                            else f"no folder of label maps ({source.labels}) for these frames")
+    label_files = _list_images(source.labels, (".png",))
+    instance_files = _list_images(source.instances, (".png",)) if source.instances is not None else ()
     if video_file is not None:
         try:
             info = video.scan(video_file)
@@ -161,7 +238,7 @@ def scan_sequence(folder: Path, opts: ReadOptions) -> Sequence:
         frame_files, count, size, fps, pts = (), info.frames, (info.height, info.width), info.fps, info.pts
         reference = video_file
     else:
-        frame_files = _list_images(folder / "frames", IMAGE_SUFFIXES)
+        frame_files = _list_images(frames_folder, IMAGE_SUFFIXES)
         count, size, fps, pts = len(frame_files), _read_rgb(frame_files[0]).shape[:2], 30.0, None
         reference = frame_files[0]
         for path in frame_files[1:]:
@@ -170,9 +247,10 @@ def scan_sequence(folder: Path, opts: ReadOptions) -> Sequence:
     for name, files in (("label maps", label_files), ("instance maps", instance_files)):
         if files and len(files) != count:
             raise BadInputError(files[0].parent, f"{len(files)} {name} but {count} frames in "
-                                                 f"{video_file or folder / 'frames'}")
+                                                 f"{video_file or frames_folder}: "
+                                                 f"{_first_unpartnered(files, frame_files, count)}")
     if count < opts.clip_frames:
-        raise BadInputError(video_file or folder / "frames",
+        raise BadInputError(video_file or frames_folder,
                             f"{count} frames, fewer than one clip (data.clip_frames={opts.clip_frames})")
     lookup = opts.lookup() if opts.label_map else None
     for path in label_files:
@@ -180,12 +258,32 @@ def scan_sequence(folder: Path, opts: ReadOptions) -> Sequence:
     for path in instance_files:
         _check_size(path, read_instances(path), size, reference)
 
-    sequence = Sequence(name=folder.name, folder=folder, frames=count, height=size[0], width=size[1], fps=fps,
+    sequence = Sequence(name=source.name, folder=folder, frames=count, height=size[0], width=size[1], fps=fps,
                         frame_files=frame_files, video=video_file, video_pts=pts, label_files=label_files,
                         instance_files=instance_files)
     if min(sequence.packed_size(opts)) < MIN_SIDE:
         raise BadInputError(reference, f"frames of {size[1]}x{size[0]} are smaller than {MIN_SIDE} pixels a side")
     return sequence
+
+
+def _first_unpartnered(files: Sequence_[Path], frame_files: Sequence_[Path], count: int) -> str:
+    """Where pairing by position first goes wrong, for a person to fix: by the numbers in the names
+    when both sides have them (a gap in one numbering), else the first file past the shorter list."""
+    def number(path: Path) -> int | None:
+        found = re.findall(r"\d+", path.stem)
+        return int(found[-1]) if found else None
+    ours, theirs = [number(p) for p in files], [number(p) for p in frame_files]
+    if frame_files and None not in ours and None not in theirs:
+        frames_have, files_have = set(theirs), set(ours)
+        for path, n in zip(files, ours):
+            if n not in frames_have:
+                return f"{path.name} has no frame numbered {n}"
+        for path, n in zip(frame_files, theirs):
+            if n not in files_have:
+                return f"frame {path.name} has no partner numbered {n}"
+    if len(files) > count:
+        return f"{files[count].name} and after have no frame"
+    return f"frames from number {len(files)} (counting from 0) have no partner"
 
 
 def _find_video(folder: Path) -> Path | None:

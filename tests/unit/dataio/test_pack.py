@@ -18,7 +18,7 @@ from dataio import synth, video
 from dataio.config import DataConfig, PackConfig, SynthConfig
 from dataio.flow import backward_flow, endpoint_error
 from dataio.manifest import read_manifest
-from dataio.pack import BadInputError, PackReport, SettingsMismatchError, pack, split_of
+from dataio.pack import BadInputError, PackReport, SettingsMismatchError, clip_starts, pack, split_of
 
 WDS2IDX = Path(sys.executable).with_name("wds2idx")
 SEQUENCES = ("seq_0000", "seq_0001", "seq_0002")
@@ -243,3 +243,34 @@ def test_binary_masks_are_remapped_and_the_class_count_recorded(source: Path, tm
     decoded = video.decode(data["masks_000004.label.webm"])[..., 0]
     assert set(np.unique(decoded)) == {0, 1}
     assert "edge.webm" not in {n.split(".", 1)[1] for n in data}  # no instances/: no edge stream
+
+
+@pytest.mark.parametrize("frames, fraction, train, val", [
+    (24, 0.25, [0, 4, 8, 12], [18]),      # val: the last 6 frames (one clip of 4 from 18); train ends by 18
+    (24, 0.1, [0, 4, 8, 12, 16], [20]),   # a tenth is 2 frames: at least one clip (4) is held out
+    (6, 0.5, [0], range(0)),              # too short for a clip on each side: all of it trains
+])
+def test_split_by_time_holds_out_the_end_of_each_sequence(frames: int, fraction: float, train: list[int],
+                                                          val: list[int]) -> None:
+    cfg = DataConfig(clip_frames=4, pack=PackConfig(clip_stride=4, val_fraction=fraction, split="time"))
+    starts = clip_starts("seq", frames, cfg)
+    assert list(starts["train"]) == train and list(starts["val"]) == list(val)
+    if starts["val"]:  # no frame in both splits
+        assert max(starts["train"]) + cfg.clip_frames <= min(starts["val"])
+
+
+def test_split_by_time_packs_one_sequence_into_both_splits_and_sequence_split_warns(
+        source: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "seq_0000").symlink_to(source / "seq_0000")
+    report = pack(config(one, tmp_path / "by_time", split="time", val_fraction=0.3), progress=False)
+    rows = read_manifest(str(tmp_path / "by_time")).rows
+    # 10 frames, clips of 4 every 3: val from frame 6 (the last 4), train clips end by then.
+    assert [(r.split, r.start_frame) for r in rows] == [("train", 0), ("val", 6)]
+    assert not report.warnings
+    report = pack(config(one, tmp_path / "by_name", val_fraction=0.3), progress=False)
+    assert {r.split for r in read_manifest(str(tmp_path / "by_name")).rows} == {"train"}
+    assert report.warnings == ["no val clips (data.pack.split=sequence, data.pack.val_fraction=0.3, 1 sequence): "
+                               "data.pack.split=time holds out the end of every sequence instead"]
+    assert "warning: no val clips" in report.summary()

@@ -33,7 +33,7 @@ def make_bad(folder: Path, problem: str) -> str:
     """Damage a copy of the good sequence; returns what the error must say (paths under the source)."""
     if problem == "frame and label counts differ":
         (folder / "labels" / "000009.png").unlink()
-        return "bad/labels: 9 label maps but 10 frames"
+        return "bad/labels: 9 label maps but 10 frames in bad/frames: frame 000009.png has no partner numbered 9"
     if problem == "sizes differ":
         cv2.imwrite(str(folder / "labels" / "000002.png"), np.zeros((32, 66), np.uint8))
         return "bad/labels/000002.png: size 66x32 differs from the frames' 64x32"

@@ -157,7 +157,13 @@ def corrupt(folder: Path, problem: str) -> str:
     """Damage a good sequence; returns the path fragment the error must name."""
     if problem == "count":
         (folder / "labels" / "000005.png").unlink()
-        return "bad/labels: 5 label maps but 6 frames"
+        return "bad/labels: 5 label maps but 6 frames in bad/frames: frame 000005.png has no partner numbered 5"
+    if problem == "gap":
+        (folder / "labels" / "000002.png").unlink()
+        return "bad/labels: 5 label maps but 6 frames in bad/frames: frame 000002.png has no partner numbered 2"
+    if problem == "extra":
+        (folder / "frames" / "000003.png").unlink()
+        return "bad/labels: 6 label maps but 5 frames in bad/frames: 000003.png has no frame numbered 3"
     if problem == "label size":
         Image.fromarray(np.zeros((H, W + 2), np.uint8)).save(folder / "labels" / "000002.png")
         return "bad/labels/000002.png: size 50x32 differs"
@@ -201,8 +207,9 @@ def corrupt(folder: Path, problem: str) -> str:
     raise AssertionError(problem)
 
 
-@pytest.mark.parametrize("problem", ["count", "label size", "frame size", "truncated", "not an image", "class",
-                                     "short", "stray file", "no labels", "frames and video", "bad video"])
+@pytest.mark.parametrize("problem", ["count", "gap", "extra", "label size", "frame size", "truncated",
+                                     "not an image", "class", "short", "stray file", "no labels",
+                                     "frames and video", "bad video"])
 def test_bad_input_names_the_file(tmp_path: Path, problem: str) -> None:
     folder = write_sequence(tmp_path / "bad")
     expected = corrupt(folder, problem)
