@@ -1,15 +1,24 @@
-"""`vid2vid generate`: a registered model turns label maps into a video.
+"""`vid2vid generate`: a trained model turns label maps into a video, one frame at a time.
 
-Labels come from a folder of label maps (PNG class ids, sorted by name; a sequence folder with
-``labels/`` and optional ``instances/`` also works), a label video (class id in the red channel, as
-in the shards' lossless ``label.webm``), or a shard (``.tar``: one clip, the first or ``--key``).
+Labels come from a folder of label maps (PNG, natural order; a sequence folder with ``labels/`` and
+optional ``instances/`` also works), read as the training data was packed: the model's stored label
+spec remaps stored values (``data.pack.label_map``, e.g. a 0/255 mask) and refuses values that are no
+class; or from a label video (class ids in the red channel, as in the shards' lossless ``label.webm``)
+or a shard (``.tar``: one clip, the first or ``--key``), which hold class ids already.
+
+Everything streams: a frame is read, resized (nearest) and encoded, generated and written to the mp4
+before the next is read, so memory does not grow with the number of frames (benchmarks/generate_memory.py).
+A size the model cannot take is refused before any frame is read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
+
+from dataio.labels import LabelSpec
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 IMAGE_SUFFIXES = {".png"}
@@ -19,61 +28,91 @@ class LabelInputError(ValueError):
     """Labels that cannot be read or do not fit the model; the message names the file."""
 
 
+LabelFrame = tuple[np.ndarray, "np.ndarray | None"]
+"""uint8 class ids [H, W] (or renderings [H, W, 3]) and instance edges [H, W] (255 on boundaries) or None."""
+
+
 @dataclass
-class LabelClip:
-    ids: np.ndarray
-    """uint8 [T, H, W] class ids, or [T, H, W, 3] renderings for ``label_kind: rgb``."""
-    edges: np.ndarray | None
-    """uint8 [T, H, W], 255 on instance boundaries; None when the source has no instance maps."""
+class LabelSource:
+    """A label video not yet read: where it is, its size, and how to read it frame by frame."""
     source: str
+    height: int
+    width: int
+    frames: int | None
+    """Frame count when known without reading (folders, shards)."""
+    read: Callable[[], Iterator[LabelFrame]]
 
 
-def read_labels(path: str | Path, label_kind: str = "classes", key: str | None = None) -> LabelClip:
+def open_labels(path: str | Path, labels: LabelSpec, key: str | None = None) -> LabelSource:
+    """The label frames at ``path`` for a model with ``labels``; nothing is decoded yet."""
     path = Path(path)
     if path.is_dir():
-        return _from_folder(path, label_kind)
+        return _from_folder(path, labels)
     if not path.is_file():
         raise LabelInputError(f"labels {path}: no such file or folder")
     if path.suffix == ".tar":
-        return _from_shard(path, label_kind, key)
+        return _from_shard(path, labels, key)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        from dataio.video import decode
-        frames = decode(path)
-        return LabelClip(frames if label_kind == "rgb" else frames[..., 0], None, str(path))
+        return _from_video(path, labels)
     raise LabelInputError(f"labels {path}: expected a folder of PNG label maps, a video "
                           f"({', '.join(sorted(VIDEO_SUFFIXES))}) or a shard (.tar)")
 
 
-def _from_folder(folder: Path, label_kind: str) -> LabelClip:
+def _from_folder(folder: Path, labels: LabelSpec) -> LabelSource:
     from PIL import Image
 
     from dataio.format import instance_edges
+    from dataio.sources import BadInputError, ReadOptions, natural_key, read_instances, read_label
 
     labels_dir = folder / "labels" if (folder / "labels").is_dir() else folder
-    files = sorted(p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted((p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: natural_key(p.name))
     if not files:
         raise LabelInputError(f"labels {labels_dir}: no PNG label maps in the folder")
-    maps = [np.asarray(Image.open(p)) for p in files]
-    if label_kind == "rgb":
-        ids = np.stack([m[..., :3] if m.ndim == 3 else np.repeat(m[..., None], 3, -1) for m in maps])
-    else:
-        ids = np.stack([m[..., 0] if m.ndim == 3 else m for m in maps])
-    edges = None
-    instances_dir = folder / "instances"
-    if labels_dir != folder and instances_dir.is_dir():
-        inst = sorted(p for p in instances_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(inst) == len(files):
-            edges = instance_edges(np.stack([np.asarray(Image.open(p)) for p in inst]))
-    return LabelClip(ids.astype(np.uint8) if label_kind == "rgb" else _as_ids(ids, labels_dir), edges, str(labels_dir))
+    instances: list[Path] = []
+    if labels_dir != folder and (folder / "instances").is_dir() and labels.has_edges:
+        instances = sorted((p for p in (folder / "instances").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                           key=lambda p: natural_key(p.name))
+        if len(instances) != len(files):
+            raise LabelInputError(f"labels {folder / 'instances'}: {len(instances)} instance maps for "
+                                  f"{len(files)} label maps")
+    try:
+        width, height = Image.open(files[0]).size  # the header only
+    except OSError as err:
+        raise LabelInputError(f"labels {files[0]}: unreadable image: {err}") from None
+    opts = ReadOptions(num_classes=labels.num_classes, clip_frames=1, label_kind=labels.kind,
+                       label_map=labels.label_map)
+    lookup = opts.lookup() if opts.label_map else None
+
+    def read() -> Iterator[LabelFrame]:
+        for t, path in enumerate(files):
+            try:
+                ids = read_label(path, opts, lookup)
+                edges = instance_edges(read_instances(instances[t])) if instances else None
+            except BadInputError as err:
+                raise LabelInputError(f"labels {err}") from None
+            if ids.shape[:2] != (height, width):
+                raise LabelInputError(f"labels {path}: size {ids.shape[1]}x{ids.shape[0]} differs from "
+                                      f"{files[0].name}'s {width}x{height}")
+            yield ids, edges
+    return LabelSource(str(labels_dir), height, width, len(files), read)
 
 
-def _as_ids(ids: np.ndarray, source: Path | str) -> np.ndarray:
-    if ids.max(initial=0) > 255:
-        raise LabelInputError(f"labels {source}: class ids above 255")
-    return ids.astype(np.uint8)
+def _from_video(path: Path, labels: LabelSpec) -> LabelSource:
+    from dataio import video
+
+    try:
+        info = video.probe(path)
+    except video.VideoError as err:
+        raise LabelInputError(f"labels {err}") from None
+
+    def read() -> Iterator[LabelFrame]:
+        for frame in video.iter_frames(path):
+            yield (frame if labels.kind == "rgb" else frame[..., 0]), None
+    return LabelSource(str(path), info["height"], info["width"], info["frames"] or None, read)
 
 
-def _from_shard(path: Path, label_kind: str, key: str | None) -> LabelClip:
+def _from_shard(path: Path, labels: LabelSpec, key: str | None) -> LabelSource:
     from dataio import format as fmt
     from dataio.reader import Sample, read_shard
     from dataio.storage import Destination
@@ -81,47 +120,53 @@ def _from_shard(path: Path, label_kind: str, key: str | None) -> LabelClip:
 
     for item in read_shard(Destination(str(path.parent)).fs, str(path)):
         if isinstance(item, Sample) and (key is None or item.key == key):
-            labels = decode(item.streams[fmt.LABEL], f"{path}:{item.key}.{fmt.LABEL}")
+            name = f"{path}:{item.key}"
+            maps = decode(item.streams[fmt.LABEL], f"{name}.{fmt.LABEL}")  # one clip: small
             edges = item.streams.get(fmt.EDGE)
-            return LabelClip(labels if label_kind == "rgb" else labels[..., 0],
-                             None if edges is None else decode(edges, f"{path}:{item.key}.{fmt.EDGE}")[..., 0],
-                             f"{path}:{item.key}")
+            edge_maps = None if edges is None else decode(edges, f"{name}.{fmt.EDGE}")[..., 0]
+
+            def read(maps=maps, edge_maps=edge_maps) -> Iterator[LabelFrame]:
+                for t in range(len(maps)):
+                    yield (maps[t] if labels.kind == "rgb" else maps[t][..., 0]), \
+                        None if edge_maps is None else edge_maps[t]
+            return LabelSource(name, maps.shape[1], maps.shape[2], len(maps), read)
     raise LabelInputError(f"labels {path}: no readable sample" + (f" with key {key!r}" if key else ""))
 
 
-def label_tensor(clip: LabelClip, model, size: tuple[int, int] | None = None):
-    """float32 [1, T, C, H, W] as the model takes it; resized (nearest) to ``size``, or down to the
-    nearest multiple of what the model needs when the maps do not fit."""
-    import torch
-    import torch.nn.functional as F
-
-    if model.label_kind == "rgb":
-        labels = torch.from_numpy(clip.ids).float().div(255).permute(0, 3, 1, 2)
-    else:
-        top = int(clip.ids.max(initial=0))
-        if top >= model.num_classes:
-            raise LabelInputError(f"labels {clip.source}: class id {top} but the model knows "
-                                  f"{model.num_classes} classes (0..{model.num_classes - 1})")
-        labels = F.one_hot(torch.from_numpy(clip.ids).long(), model.num_classes).permute(0, 3, 1, 2).float()
-    if model.has_edges:
-        edges = np.zeros(clip.ids.shape[:3], np.uint8) if clip.edges is None else clip.edges
-        labels = torch.cat([labels, torch.from_numpy(edges).float().div(255).unsqueeze(1)], dim=1)
-    height, width = labels.shape[-2:]
-    step = model.divisor
-    target = size or (max(step, height // step * step), max(step, width // step * step))
-    if target[0] % step or target[1] % step:
-        raise LabelInputError(f"size {target[0]}x{target[1]}: the model needs multiples of {step}")
-    if tuple(target) != (height, width):
-        labels = F.interpolate(labels, size=tuple(target), mode="nearest")
-    return labels.unsqueeze(0)
+def output_size(source: LabelSource, divisor: int, size: tuple[int, int] | None) -> tuple[int, int]:
+    """``size``, or the source's rounded down to what the model needs; refused when it cannot fit."""
+    if size is not None:
+        if size[0] % divisor or size[1] % divisor or min(size) < divisor:
+            raise LabelInputError(f"size {size[0]}x{size[1]}: the model needs positive multiples of {divisor}")
+        return size
+    if min(source.height, source.width) < divisor:
+        raise LabelInputError(f"labels {source.source}: {source.width}x{source.height} is smaller than the "
+                              f"{divisor} px the model needs on each side; give --height/--width")
+    return source.height // divisor * divisor, source.width // divisor * divisor
 
 
-def colour_labels(labels) -> np.ndarray:
-    """uint8 [T, H, W, 3] picture of float labels [T, C, H, W] (fixed colour per class)."""
-    ids = labels.argmax(dim=1).cpu().numpy() if labels.shape[1] != 3 else None
-    if ids is None:
-        return (labels.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    palette = np.random.default_rng(12345).integers(40, 256, size=(labels.shape[1], 3)).astype(np.uint8)
+def encoded_frames(source: LabelSource, labels: LabelSpec, size: tuple[int, int]
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(model input float32 [C, H, W], ids at the output size) per frame, resized nearest-neighbour."""
+    import cv2
+
+    height, width = size
+    for ids, edges in source.read():
+        if ids.shape[:2] != (height, width):
+            ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+            if edges is not None:
+                edges = cv2.resize(edges, (width, height), interpolation=cv2.INTER_NEAREST)
+        try:
+            yield labels.encode(ids, edges), ids
+        except ValueError as err:
+            raise LabelInputError(f"labels {source.source}: {err}") from None
+
+
+def colour_labels(ids: np.ndarray, labels: LabelSpec) -> np.ndarray:
+    """uint8 [H, W, 3] picture of one frame's ids (a fixed colour per class) or of a rendering."""
+    if labels.kind == "rgb":
+        return ids
+    palette = np.random.default_rng(12345).integers(40, 256, size=(labels.num_classes, 3)).astype(np.uint8)
     palette[0] = 0
     return palette[ids]
 
@@ -131,21 +176,29 @@ def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_sid
              device: str = "auto", progress: bool = True) -> Path:
     """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``.
     ``model_uri``: an MLflow model URI or a local checkpoint (``cluster.registry.load_video_model``)."""
+    import torch
     from tqdm import tqdm
 
     from cluster.registry import load_video_model
-    from cluster.video_model import pick_device
-    from trainer.samples import write_mp4
+    from cluster.video_model import pick_device, to_uint8
+    from trainer.samples import Mp4Writer
 
     device = pick_device(device)
     model = load_video_model(model_uri, device)
-    clip = read_labels(labels, model.label_kind, key)
-    tensor = label_tensor(clip, model, size).to(device)
-    frames = [f[0].cpu().numpy() for f in tqdm(model.frames(tensor), total=tensor.shape[1], unit="frame",
-                                             desc="generate", disable=not progress)]
-    video = np.stack(frames)
-    if side_by_side:
-        video = np.concatenate([colour_labels(tensor[0]), video], axis=2)
+    source = open_labels(labels, model.labels, key)
+    target = output_size(source, model.divisor, size)
+    shown: list[np.ndarray] = []  # the current frame's ids, for the side-by-side picture
+
+    def inputs() -> Iterator[torch.Tensor]:
+        for planes, ids in encoded_frames(source, model.labels, target):
+            shown[:] = [ids]
+            yield torch.from_numpy(planes).unsqueeze(0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_mp4(video, out, fps=fps)
+    with Mp4Writer(out, fps) as writer:
+        for image in tqdm(model.stream(inputs()), total=source.frames, unit="frame", desc="generate",
+                          disable=not progress):
+            frame = to_uint8(image)[0].cpu().numpy()
+            writer.write(np.concatenate([colour_labels(shown[0], model.labels), frame], axis=1)
+                         if side_by_side else frame)
+    return out

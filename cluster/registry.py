@@ -6,6 +6,7 @@ beside it), registered under a name and pointed at by an alias (``champion``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
@@ -115,7 +116,7 @@ def source_from_checkpoint(path: Path, workdir: Path) -> Source:
 def _export_step(step: Path, state: dict[str, Any], workdir: Path) -> Path:
     """Consolidate one checkpoint's generator (any ZeRO stage) into an export file."""
     from dataio.reader import layout, list_shards, manifest_or_none
-    from models.build import label_channels
+    from dataio.labels import LabelSpec
     from trainer.export import export_generator
 
     config = state["config"]
@@ -123,10 +124,9 @@ def _export_step(step: Path, state: dict[str, Any], workdir: Path) -> Path:
     # Label channels are a property of the data (classes, plus edges when the shards carry them).
     manifest = manifest_or_none(shards)
     found = layout(shards, "train", list_shards(shards, "train", manifest), manifest)
-    channels = 3 + int(found.has_edges) if found.label_kind == "rgb" else label_channels(
-        config["data"]["num_classes"], found.has_edges)
+    labels = dataclasses.replace(LabelSpec.from_data(config["data"], found.has_edges), kind=found.label_kind)
     return export_generator(step, workdir / "generator.pt", zero_stage=config["train"]["generator"]["zero_stage"],
-                            model_config=config["model"], label_channels=channels,
+                            model_config=config["model"], labels=labels,
                             active_scales=state["stage"]["scale"] + 1)
 
 
@@ -151,15 +151,18 @@ def load_video_model(model: str, device: str):
 
 
 def video_model(export: Path, config: dict[str, Any]):
-    """The export as a ``VideoGenerator`` (label classes and kind from the run's data config)."""
+    """The export as a ``VideoGenerator`` with the label spec stored in it (an older export without
+    one: rebuilt from the run's data config, the edge channel inferred from the channel count)."""
     from cluster.video_model import VideoGenerator
-    from trainer.export import load_generator
+    from dataio.labels import LabelSpec
+    from trainer.export import load_export
 
-    data = config.get("data", {})
-    generator = load_generator(export)
-    kind = data.get("pack", {}).get("label_kind", "classes")
-    num_classes = int(data.get("num_classes", generator.label_channels))
-    return VideoGenerator(generator, num_classes, kind)
+    generator, labels = load_export(export)
+    if labels is None:
+        spec = LabelSpec.from_data(config.get("data", {}), has_edges=False)
+        base = 3 if spec.kind == "rgb" else spec.num_classes
+        labels = dataclasses.replace(spec, has_edges=generator.label_channels > base)
+    return VideoGenerator(generator, labels)
 
 
 def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: str | None = None,
@@ -195,11 +198,11 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
             info = mlflow.pytorch.log_model(
                 model, name=MODEL_NAME, signature=signature, input_example=example,
                 registered_model_name=name, serialization_format="pickle",
-                code_paths=[str(REPO / "cluster"), str(REPO / "models")],
+                code_paths=[str(REPO / "cluster"), str(REPO / "models"), str(REPO / "dataio")],
                 pip_requirements=_requirements(),
-                metadata={"num_classes": model.num_classes, "label_kind": model.label_kind,
-                          "label_channels": model.label_channels, "has_edges": model.has_edges,
-                          "size_multiple": model.divisor})
+                metadata={"labels": model.labels.to_dict(), "num_classes": model.num_classes,
+                          "label_kind": model.label_kind, "label_channels": model.label_channels,
+                          "has_edges": model.has_edges, "size_multiple": model.divisor})
     version = str(info.registered_model_version)
     if alias:
         client.set_registered_model_alias(name, alias, version)
@@ -247,8 +250,10 @@ def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
     for key in ("num_classes",):
         if f"data.{key}" in params:
             data[key] = yaml.safe_load(params[f"data.{key}"])
-    if "data.pack.label_kind" in params:
-        data["pack"] = {"label_kind": params["data.pack.label_kind"]}
+    pack = {key: yaml.safe_load(params[f"data.pack.{key}"]) for key in ("label_kind", "label_map")
+            if f"data.pack.{key}" in params}
+    if pack:
+        data["pack"] = pack
     return {"data": data}
 
 

@@ -12,22 +12,41 @@ carries (``code_paths``).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from dataio.labels import LabelSpec
 from models.generator import Generator
 
 
 class VideoGenerator(nn.Module):
-    def __init__(self, generator: Generator, num_classes: int, label_kind: str = "classes") -> None:
+    def __init__(self, generator: Generator, labels: LabelSpec) -> None:
         super().__init__()
+        if labels.channels != generator.label_channels:
+            raise ValueError(f"label spec {labels} gives {labels.channels} channels, the generator takes "
+                             f"{generator.label_channels}")
         self.generator = generator.eval()
-        self.num_classes = num_classes
-        """Classes of the label maps (one-hot channels); the rest of ``label_channels`` are edges."""
-        self.label_kind = label_kind
+        self.labels = labels
+        """How label maps are read and encoded for this generator (stored with the training export)."""
+
+    def __setstate__(self, state: dict) -> None:
+        # Models published before the label spec was stored pickled num_classes and label_kind instead.
+        if "labels" not in state and "num_classes" in state:
+            kind, classes = state.pop("label_kind", "classes"), state.pop("num_classes")
+            channels = state["_modules"]["generator"].label_channels
+            state["labels"] = LabelSpec(classes, kind, has_edges=channels > (3 if kind == "rgb" else classes))
+        super().__setstate__(state)
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+    @property
+    def label_kind(self) -> str:
         """``classes`` (one-hot) or ``rgb`` (3-channel renderings in [0, 1])."""
+        return self.labels.kind
 
     @property
     def label_channels(self) -> int:
@@ -35,8 +54,7 @@ class VideoGenerator(nn.Module):
 
     @property
     def has_edges(self) -> bool:
-        base = 3 if self.label_kind == "rgb" else self.num_classes
-        return self.label_channels > base
+        return self.labels.has_edges
 
     @property
     def divisor(self) -> int:
@@ -44,19 +62,25 @@ class VideoGenerator(nn.Module):
         return self.generator.divisor()
 
     def images(self, labels: Tensor) -> Iterator[Tensor]:
-        """Frame by frame: float [B, 3, H, W] in [-1, 1] for each t of ``labels`` [B, T, C, H, W].
+        """Frame by frame: float [B, 3, H, W] in [-1, 1] for each t of ``labels`` [B, T, C, H, W]."""
+        return self.stream(labels.unbind(dim=1))
 
-        Only the last L outputs are kept (the generator's previous frames), so memory does not grow
-        with the clip; ``vid2vid eval`` scores these, ``generate`` and pyfunc serve them as uint8.
+    def stream(self, labels: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Frame by frame from label frames [B, C, H, W] as they come: float [B, 3, H, W] in [-1, 1].
+
+        Only the last L+1 label frames and L outputs are kept (what the generator reads), so memory
+        does not grow with the video; ``vid2vid eval`` scores these, ``generate`` and pyfunc serve
+        them as uint8.
         """
         history = self.generator.cfg.prev_frames
         param = next(self.generator.parameters())
-        labels = labels.to(param.device, param.dtype)
+        recent: list[Tensor] = []
         previous: list[Tensor] = []
         with torch.no_grad():
-            for t in range(labels.shape[1]):
-                prev = torch.stack(previous[-history:], dim=1) if previous and history else None
-                image = self.generator(labels[:, max(0, t - history):t + 1], prev).image
+            for frame in labels:
+                recent = (recent + [frame.to(param.device, param.dtype)])[-(history + 1):]
+                prev = torch.stack(previous, dim=1) if previous and history else None
+                image = self.generator(torch.stack(recent, dim=1), prev).image
                 previous = (previous + [image])[-max(history, 1):]
                 yield image
 

@@ -50,6 +50,7 @@ from dataio import format as fmt
 from dataio import reader
 from dataio.augment import Arenas, BatchTensors, Writer
 from dataio.config import DataConfig
+from dataio.labels import LabelSpec
 from dataio.pipeline import Decoded, Decoder, Draw, GraphSpec
 from dataio.storage import describe
 
@@ -161,6 +162,12 @@ class ClipLoader:
     @property
     def label_channels(self) -> int:
         return self.spec.label_channels
+
+    @property
+    def labels(self) -> LabelSpec:
+        """How this data's label maps are read and laid out (stored with the exported generator)."""
+        spec = LabelSpec.from_data(self.cfg, self.spec.has_edges)
+        return dataclasses.replace(spec, kind=self.spec.label_kind)  # the shards' kind, not the config's
 
     def close(self) -> None:
         """Stop the augmentation threads (also done when the loader is garbage-collected)."""

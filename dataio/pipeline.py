@@ -39,6 +39,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from dataio import format as fmt
+from dataio.labels import LabelSpec
 
 # External-source names; ``encoded`` streams are uint8 byte arrays.
 ENCODED = {"rgb": fmt.RGB, "label": fmt.LABEL, "flow": fmt.FLOW, "edge": fmt.EDGE}
@@ -85,8 +86,7 @@ class GraphSpec:
 
     @property
     def label_channels(self) -> int:
-        base = self.num_classes if self.label_kind == "classes" else 3
-        return base + int(self.has_edges)
+        return LabelSpec(self.num_classes, self.label_kind, has_edges=self.has_edges).channels
 
 
 @dataclasses.dataclass(frozen=True)

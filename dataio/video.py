@@ -10,6 +10,7 @@ import dataclasses
 import io
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import av.filter
@@ -73,9 +74,14 @@ def decode(source: bytes | str | Path, name: str | None = None) -> np.ndarray:
     ``source`` is encoded bytes or a path; ``name`` is what errors call it. Audio streams are ignored.
     gbrp streams come back exact; yuv streams are converted as DALI converts them.
     """
+    return np.stack(list(iter_frames(source, name)))
+
+
+def iter_frames(source: bytes | str | Path, name: str | None = None) -> Iterator[np.ndarray]:
+    """The frames of ``decode`` one at a time (uint8 [H, W, 3]): memory does not grow with the video."""
     label = name or (str(source) if not isinstance(source, bytes) else "<video bytes>")
     handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    frames = []
+    count = 0
     try:
         with av.open(handle) as container:
             if not container.streams.video:
@@ -84,14 +90,14 @@ def decode(source: bytes | str | Path, name: str | None = None) -> np.ndarray:
             stream.thread_type = "AUTO"
             to_rgb = _RgbConverter(stream)
             for frame in container.decode(stream):
-                frames.append(to_rgb(frame))
+                count += 1
+                yield to_rgb(frame)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError) as err:
         raise VideoError(f"{label}: cannot decode video: {err}") from err
-    if not frames:
+    if not count:
         raise VideoError(f"{label}: the video has no frames")
-    return np.stack(frames)
 
 
 def probe(source: bytes | str | Path, name: str | None = None) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from dataio.labels import LabelSpec
 from trainer.average import averaged_state
 from trainer.engines import TAG
 
@@ -34,15 +35,17 @@ def consolidated_generator_state(checkpoint: str | Path, zero_stage: int) -> dic
 
 
 def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int, model_config: dict[str, Any],
-                     label_channels: int, active_scales: int) -> Path:
-    """Write ``out`` (atomically) from the checkpoint folder ``checkpoint``; returns ``out``."""
+                     labels: LabelSpec, active_scales: int) -> Path:
+    """Write ``out`` (atomically) from the checkpoint folder ``checkpoint``; returns ``out``. ``labels``
+    (how the training data's label maps are read) goes with it, so generation reads maps the same way."""
     out = Path(out)
     # The weights' running average when the run kept one (trainer/average.py): what was evaluated.
     state = averaged_state(checkpoint)
     if state is None:
         state = consolidated_generator_state(checkpoint, zero_stage)
     payload = {"format": FORMAT, "state_dict": state,
-               "model": model_config, "label_channels": label_channels, "active_scales": active_scales}
+               "model": model_config, "label_channels": labels.channels, "labels": labels.to_dict(),
+               "active_scales": active_scales}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(payload, tmp)
@@ -52,6 +55,12 @@ def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int
 
 def load_generator(path: str | Path):
     """The exported generator as a ready ``models.generator.Generator`` in eval mode."""
+    return load_export(path)[0]
+
+
+def load_export(path: str | Path) -> tuple[Any, LabelSpec | None]:
+    """The exported generator (eval mode) and its ``LabelSpec`` (None in exports made before it was
+    stored: the caller rebuilds it from the run's config)."""
     from models.build import build_generator
     from models.config import ModelConfig
     from trainer.config_tree import from_dict
@@ -63,4 +72,5 @@ def load_generator(path: str | Path):
                                 payload["label_channels"])
     generator.set_active_scales(payload["active_scales"])
     generator.load_state_dict(payload["state_dict"])
-    return generator.eval()
+    labels = LabelSpec.from_dict(payload["labels"]) if "labels" in payload else None
+    return generator.eval(), labels

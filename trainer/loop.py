@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dataio.labels import LabelSpec
 from models.build import build as build_networks
 from models.generator import generate_clip
 from trainer import checkpoint, distributed as dist, engines as engines_mod
@@ -101,7 +102,7 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
             log.info("time budget of %.0f s spent: stopped at epoch %d, batch %d, step %d", cfg.train.time_budget_s,
                      run.progress.epoch, run.progress.batch, run.progress.step)
         run.log_sample(cfg.train.epochs)
-        exported = _export(cfg, run.last_save, run.label_channels)
+        exported = _export(cfg, run.last_save, run.loader.labels)
         if exported is not None:
             run.tracker.set_tag("export", str(exported.resolve()))
         status = "FINISHED"
@@ -128,8 +129,7 @@ class _Run:
         self.loader = build_loader(cfg.data, first.height, first.width, first.frames, rank=dist.rank(),
                                    world_size=self.world, epoch_seed=0)
         self.loader_shape = (first.height, first.width, first.frames)
-        self.label_channels = self.loader.label_channels  # a property of the shards, not of the config
-        nets = build_networks(cfg.model, self.label_channels)
+        nets = build_networks(cfg.model, self.loader.label_channels)  # a property of the shards, not the config
         self.generator = nets.generator
         self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
         vgg = nets.vgg.to(self.device).eval().requires_grad_(False) if nets.vgg is not None else None
@@ -351,7 +351,7 @@ def _check_ranks_agree(engines: engines_mod.Engines) -> list[float]:
     return sums
 
 
-def _export(cfg: Config, folder: Path | None, label_channels: int) -> Path | None:
+def _export(cfg: Config, folder: Path | None, labels: LabelSpec) -> Path | None:
     if folder is None:
         return None
     out = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
@@ -360,7 +360,7 @@ def _export(cfg: Config, folder: Path | None, label_channels: int) -> Path | Non
         # stage change (saves are skipped after a non-finite step).
         active_scales = checkpoint.load_trainer_state(folder)["stage"]["scale"] + 1
         export_generator(folder, out, zero_stage=cfg.train.generator.zero_stage, model_config=to_dict(cfg.model),
-                         label_channels=label_channels, active_scales=active_scales)
+                         labels=labels, active_scales=active_scales)
     dist.barrier()
     return out
 

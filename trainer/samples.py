@@ -30,18 +30,44 @@ def side_by_side(labels: torch.Tensor, generated: torch.Tensor, real: torch.Tens
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
-    """H.264 mp4 (plays in browsers, MLflow's UI included); sizes are padded to even numbers."""
-    import av
-
-    path = Path(path)
-    t, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    """H.264 mp4 of uint8 frames [T, H, W, 3] (see ``Mp4Writer``)."""
+    with Mp4Writer(path, fps) as out:
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+            out.write(frame)
+    return Path(path)
+
+
+class Mp4Writer:
+    """H.264 mp4 written a frame at a time (plays in browsers, MLflow's UI included); odd sizes are
+    padded to even numbers. ``with Mp4Writer(path) as out: out.write(frame)``."""
+
+    def __init__(self, path: str | Path, fps: int = 8) -> None:
+        import av
+
+        self.path, self.fps = Path(path), fps
+        self._container = av.open(str(self.path), "w")
+        self._stream = None
+
+    def write(self, frame: np.ndarray) -> None:
+        """One uint8 [H, W, 3] RGB frame; every frame has the first one's size."""
+        import av
+
+        h, w = frame.shape[:2]
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
