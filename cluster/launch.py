@@ -66,10 +66,24 @@ def resolve(cfg: RootConfig, embedded: bool) -> RootConfig:
     return dataclasses.replace(cfg, checkpoint=checkpoint, data=data, tracking=tracking, model=model, cluster=cluster)
 
 
-def check_ready(cfg: RootConfig) -> None:
-    """What would otherwise fail inside every worker: shards missing, or too few to split."""
+def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
+    """What would otherwise fail inside every worker, late and retried: more workers than an embedded
+    Ray has CPUs, a location that cannot be read or written, shards missing or too few to split."""
     from dataio.reader import list_shards, manifest_or_none
+    from dataio.storage import check_location
 
+    cluster = cfg.cluster
+    if embedded:
+        cpus = cluster.num_cpus or os.cpu_count() or 1
+        if cluster.num_workers * cluster.cpus_per_worker > cpus:
+            raise ValueError(f"cluster.num_workers={cluster.num_workers} workers of cluster.cpus_per_worker="
+                             f"{cluster.cpus_per_worker} CPU need more than the {cpus} CPUs of this machine's "
+                             "embedded Ray (cluster.num_cpus); Ray would wait for them forever")
+    # Local paths are this machine's only when Ray runs here; on a cluster they are the nodes'.
+    check_location(cfg.data.shards, "data.shards")
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("cluster.storage_path", cluster.storage_path)):
+        if embedded or "://" in url:
+            check_location(url, key, write=True)
     shards = list_shards(cfg.data.shards, "train", manifest_or_none(cfg.data.shards))
     if len(shards) < cfg.cluster.num_workers:
         raise ValueError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
@@ -123,8 +137,9 @@ def train(cfg: RootConfig) -> LaunchResult:
     """`vid2vid train`: validate, prepare tracking, then train through Ray Train."""
     from cluster.ray_env import target
 
-    resolved = resolve(cfg, target(cfg.cluster).embedded)
-    check_ready(resolved)
+    embedded = target(cfg.cluster).embedded
+    resolved = resolve(cfg, embedded)
+    check_ready(resolved, embedded)
     with connected(resolved.cluster):
         return fit(resolved)
 

@@ -151,10 +151,11 @@ def sweep(cfg: RootConfig) -> SweepResult:
     if not spec.search:
         raise ConfigError("sweep.search is empty: give at least one key to search over")
     checkpoint_root = os.path.abspath(cfg.checkpoint.dir) if target(cfg.cluster).embedded else cfg.checkpoint.dir
-    resolved = resolve(cfg, target(cfg.cluster).embedded)
+    embedded = target(cfg.cluster).embedded
+    resolved = resolve(cfg, embedded)
     base = to_dict(resolved)
     check_search(base, spec.search)
-    check_ready(resolved)
+    check_ready(resolved, embedded)
     parent = _parent_run(resolved)
     with connected(resolved.cluster):
         tuner = tune.Tuner(

@@ -45,6 +45,49 @@ def s3_filesystem() -> fsspec.AbstractFileSystem:
     return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
 
 
+def check_location(url: str, key: str, write: bool = False) -> None:
+    """Refuse, in one line naming ``key``, a location that cannot be used: an S3 bucket that cannot be
+    reached (no credentials, no endpoint, no bucket, no access), or a local folder that cannot be
+    created or written (``write``). For checks before any worker starts."""
+    if is_s3(url):
+        import s3fs
+
+        endpoint = s3_endpoint()
+        # One quick try: a check must answer in seconds, not after botocore's and s3fs's retries.
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True,
+                               config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 5})
+        try:
+            fs.ls(url[len("s3://"):].split("/")[0])
+        except Exception as err:  # botocore and s3fs raise many kinds; each becomes one line
+            raise ValueError(f"{key}={url}: {_s3_problem(err)} (endpoint {endpoint or 'AWS default'})") from None
+        return
+    if not write:
+        return
+    folder = Path(url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX):
+            pass
+    except OSError as err:
+        raise ValueError(f"{key}={url}: not writable ({err.strerror or err})") from None
+
+
+def _s3_problem(err: BaseException) -> str:
+    chain = [err]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    names = {type(e).__name__ for e in chain}
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        return "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    if "EndpointConnectionError" in names or "ConnectTimeoutError" in names:
+        return "cannot connect to the S3 endpoint: set AWS_ENDPOINT_URL for a store other than AWS"
+    if any(isinstance(e, FileNotFoundError) for e in chain):
+        return "no such bucket"
+    if any(isinstance(e, PermissionError) for e in chain):
+        return "access denied"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def describe(url: str) -> str:
     """The location for logs and messages: the URL and, for S3, the endpoint; never credentials."""
     if is_s3(url):

@@ -202,10 +202,16 @@ class Config:
         if self.train.schedule.max_frames > self.data.clip_frames:
             raise ValueError(f"train.schedule.max_frames ({self.train.schedule.max_frames}) exceeds "
                              f"data.clip_frames ({self.data.clip_frames}): clips are not that long")
-        factor = 2 ** (self.model.generator.num_scales - 1)
+        gen = self.model.generator
+        # Stage s trains at the size halved (num_scales-1-s) times, with a generator that downsamples
+        # 2**(n_downsample+s) times: every stage fits exactly when the full size is a multiple of this.
+        factor = 2 ** (gen.n_downsample + gen.num_scales - 1)
         if self.train.height % factor or self.train.width % factor:
+            coarsest = (self.train.height >> (gen.num_scales - 1), self.train.width >> (gen.num_scales - 1))
             raise ValueError(f"train.height x train.width ({self.train.height}x{self.train.width}) must be "
-                             f"divisible by 2**(model.generator.num_scales-1) = {factor}")
+                             f"multiples of 2**(model.generator.n_downsample + num_scales - 1) = {factor}: the "
+                             f"coarsest stage trains at {coarsest[0]}x{coarsest[1]} with a generator that "
+                             f"downsamples {2 ** gen.n_downsample}x")
 
 
 def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

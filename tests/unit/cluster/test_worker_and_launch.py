@@ -43,3 +43,33 @@ def test_logged_config_hides_secrets() -> None:
     cfg = load(REPO / "configs" / "demo.yaml", ["tracking.uri=http://bob:hunter2@mlflow:5000"])
     text = redacted_yaml(cfg)
     assert "hunter2" not in text and "bob:***@mlflow:5000" in text and "cluster:" in text
+
+
+def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each refusal is one line naming the key, raised by the driver before Ray starts a worker."""
+    from cluster.launch import check_ready
+    monkeypatch.chdir(tmp_path)
+    base = ["cluster.num_cpus=2", "tracking.enabled=false"]
+    with pytest.raises(ValueError, match=r"cluster\.num_workers=3 workers .* more than the 2 CPUs"):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*base, "cluster.num_workers=3"]), True))
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match=r"^checkpoint\.dir=.*a-file/ckpt/demo: not writable \(Not a directory\)$"):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*base, "checkpoint.dir=a-file/ckpt"]), True))
+    with pytest.raises(FileNotFoundError, match="no train shards"):  # everything before the shards passed
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
+
+
+def test_s3_locations_that_cannot_be_used_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    s3_endpoint: str) -> None:
+    from dataio.storage import check_location, s3_filesystem
+    s3_filesystem().mkdir("present")
+    check_location("s3://present/shards", "data.shards")  # reachable: no error
+    with pytest.raises(ValueError, match=r"^data\.shards=s3://absent/shards: no such bucket \(endpoint http"):
+        check_location("s3://absent/shards", "data.shards")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"^cluster\.storage_path=s3://present/runs: no AWS credentials: set "
+                                         r"AWS_ACCESS_KEY_ID"):
+        check_location("s3://present/runs", "cluster.storage_path", write=True)

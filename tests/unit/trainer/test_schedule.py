@@ -60,8 +60,13 @@ def test_bad_arguments_are_refused() -> None:
 def test_cross_section_limits_name_the_keys() -> None:
     with pytest.raises(ConfigError, match=r"train\.schedule\.max_frames \(32\) exceeds data\.clip_frames"):
         load(None, ["train.schedule.max_frames=32", "data.clip_frames=16"])
-    with pytest.raises(ConfigError, match=r"divisible by 2\*\*\(model\.generator\.num_scales-1\) = 4"):
+    with pytest.raises(ConfigError, match=r"multiples of 2\*\*\(model\.generator\.n_downsample \+ num_scales - 1\) "
+                                          r"= 32: the coarsest stage trains at 16x64"):
         load(None, ["model.generator.num_scales=3", "model.generator.ngf=32", "train.height=66"])
+    # Every stage must fit, not only the full size: 36 halves to 18, which 2 downsamplings cannot take.
+    with pytest.raises(ConfigError, match=r"\(36x128\) must be multiples of .* = 8: the coarsest stage trains at 18x64"):
+        load(None, ["model.generator.num_scales=2", "model.generator.n_downsample=2", "train.height=36",
+                    "train.width=128"])
 
 
 def test_lr_constant_then_linear_decay() -> None:
