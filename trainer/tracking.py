@@ -95,6 +95,9 @@ class Tracker(NullTracker):
         self.dropped = 0
         """Values dropped because the buffer was full while the server was down."""
         self.sent = 0
+        self._logged_through = -1
+        """Steps up to this one are in the run already (a resumed run re-trains the steps after its
+        checkpoint that were logged before the stop: each step is logged once)."""
         self._thread = threading.Thread(target=self._run, name="mlflow-sender", daemon=True)
         self._thread.start()
 
@@ -195,11 +198,13 @@ class Tracker(NullTracker):
                 chunk = [self._metrics[i] for i in range(min(_BATCH, len(self._metrics)))]
             if not chunk:
                 break
-            self._client.log_batch(self.run_id, metrics=chunk)
+            fresh = [m for m in chunk if m.step > self._logged_through]
+            if fresh:
+                self._client.log_batch(self.run_id, metrics=fresh)
             with self._lock:
                 for _ in chunk:  # only the training thread appends, so the head is still our chunk
                     self._metrics.popleft()
-            self.sent += len(chunk)
+            self.sent += len(fresh)
         while self._artifacts:
             path, artifact_path = self._artifacts[0]
             self._client.log_artifact(self.run_id, path, artifact_path)
@@ -222,6 +227,8 @@ class Tracker(NullTracker):
 
         try:
             self._client.update_run(self.run_id, status="RUNNING")
+            logged = self._client.get_metric_history(self.run_id, STEP_METRIC)
+            self._logged_through = max((m.step for m in logged), default=-1)
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -240,6 +247,10 @@ class Tracker(NullTracker):
         self.run_id = run.info.run_id
         log.info("tracking: run %s in experiment %s at %s", self.run_id, self.cfg.experiment,
                  redact("uri", self.cfg.uri))
+
+
+STEP_METRIC = "g/total"
+"""Logged at every logged step: its history says which steps a run has already."""
 
 
 def make_tracker(cfg: TrackingConfig, params: dict[str, Any], run_id: str | None = None,

@@ -70,3 +70,23 @@ def test_redact() -> None:
     assert redact("data.s3.secret_access_key", "abc") == "***"
     assert redact("tracking.uri", "https://u:p4ss@mlflow:5000/x") == "https://u:***@mlflow:5000/x"
     assert redact("train.lr", 0.1) == "0.1"
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:
+    """A run stopped after logging steps 1-4 and resumed from its step-2 checkpoint trains steps 3-4 again:
+    the run keeps one value per step (the re-trained ones are the same values: resume is exact)."""
+    from trainer.tracking import prepare_store
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="resume", flush_every_s=0.1)
+    prepare_store(cfg)
+    first = Tracker(cfg, {"train.epochs": 3})
+    for step in range(1, 5):
+        first.log_metrics({"g/total": float(step), "d/total": -float(step)}, step)
+    assert first.flush(timeout_s=30)
+    first.close("FAILED")
+    resumed = Tracker(cfg, {"train.epochs": 3}, run_id=first.run_id)
+    for step in range(3, 7):
+        resumed.log_metrics({"g/total": float(step), "d/total": -float(step)}, step)
+    assert resumed.flush(timeout_s=30)
+    resumed.close()
+    for key in ("g/total", "d/total"):
+        assert history(cfg.uri, first.run_id, key) == [1, 2, 3, 4, 5, 6], key

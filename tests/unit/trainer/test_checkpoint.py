@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from trainer import checkpoint
@@ -94,10 +95,8 @@ def test_crash_while_replacing_a_step_keeps_the_old_copy(tmp_path: Path, monkeyp
         real_replace(src, dst)
 
     monkeypatch.setattr(checkpoint.os, "replace", crash_on_seal)
-    try:
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):  # the crash did happen
         checkpoint.save(tmp_path, 100, {"epoch": 4}, write_engines, keep=3)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(checkpoint.os, "replace", real_replace)
     latest = checkpoint.latest_checkpoint(tmp_path)
     assert latest is not None and checkpoint.load_trainer_state(latest) == {"epoch": 3}
@@ -118,10 +117,8 @@ def test_crash_after_replacing_a_step_uses_the_new_copy(tmp_path: Path, monkeypa
         real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.shutil, "rmtree", crash_on_old)
-    try:
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):  # the crash did happen
         checkpoint.save(tmp_path, 100, {"epoch": 4}, write_engines, keep=3)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000100"]
     assert checkpoint.load_trainer_state(checkpoint.latest_checkpoint(tmp_path)) == {"epoch": 4}
@@ -142,10 +139,8 @@ def test_crash_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path: Path, monke
         real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
-    try:
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):  # the crash did happen
         checkpoint.save(tmp_path, 20, {"step": 20}, write_engines, keep=1)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000020"]
     checkpoint.save(tmp_path, 30, {"step": 30}, write_engines, keep=1)  # clears what the crash left
