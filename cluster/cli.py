@@ -86,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  mlflow run:  {result.run_id or '-'} ({redact('uri', cfg.tracking.uri)})")
     print(f"  checkpoint:  {result.checkpoint or '-'}")
     print(f"  generator:   {result.export or '(on the cluster; publish with: vid2vid model publish --run RUN_ID)'}")
+    print(f"  logs:        {result.checkpoint_dir / 'logs'} (Ray, DeepSpeed and every worker)")
     return 0
 
 

@@ -74,6 +74,7 @@ def run_demo(cfg: RootConfig) -> int:
           f"vid2vid model fetch models:/{MODEL_NAME}@{ALIAS} --dest fetched/")
     print(f"  training run        {result.run_id} in experiment '{cfg.tracking.experiment}' ({tracking})")
     print(f"  Ray checkpoints     {result.checkpoint}")
+    print(f"  logs                {result.checkpoint_dir / 'logs'} (Ray, DeepSpeed and every worker)")
     print(f"  exported generator  {result.export}")
     print(f"  shards              {cfg.data.shards}")
     print(f"  MLflow UI           {_ui_command(tracking)}   then open http://127.0.0.1:5000")

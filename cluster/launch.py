@@ -118,14 +118,23 @@ def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, ca
     )
 
 
-def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()) -> LaunchResult:
-    """Run ``cfg`` (resolved) on the Ray that is already initialised; raise ``TrainingFailed``."""
+def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: Sequence[Any] = (),
+        progress: bool = False) -> LaunchResult:
+    """Run ``cfg`` (resolved) on the Ray that is already initialised; raise ``TrainingFailed``.
+    ``progress``: print rank 0's progress lines as they come (an embedded run: its log is here)."""
     from ray.train import TrainingFailedError
 
+    from cluster.run_log import ProgressTail, log_dir, worker_log
+
     try:
-        result = torch_trainer(cfg, loop_config, callbacks).fit()
+        if progress:
+            with ProgressTail(worker_log(cfg.checkpoint.dir, 0)):
+                result = torch_trainer(cfg, loop_config, callbacks).fit()
+        else:
+            result = torch_trainer(cfg, loop_config, callbacks).fit()
     except TrainingFailedError as err:
-        raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)}") from err
+        raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)} "
+                             f"(logs: {log_dir(cfg.checkpoint.dir)})") from err
     metrics = dict(result.metrics or {})
     export = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
     return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
@@ -137,11 +146,14 @@ def train(cfg: RootConfig) -> LaunchResult:
     """`vid2vid train`: validate, prepare tracking, then train through Ray Train."""
     from cluster.ray_env import target
 
+    from cluster.run_log import log_dir, ray_to_file
+
     embedded = target(cfg.cluster).embedded
     resolved = resolve(cfg, embedded)
     check_ready(resolved, embedded)
+    ray_to_file(log_dir(resolved.checkpoint.dir) / "driver.log")
     with connected(resolved.cluster):
-        return fit(resolved)
+        return fit(resolved, progress=embedded)
 
 
 def _first_line(err: BaseException) -> str:

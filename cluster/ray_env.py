@@ -57,12 +57,13 @@ def connected(cfg: ClusterConfig) -> Iterator[RayTarget]:
         if cfg.temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
         log.info("starting an embedded Ray on 127.0.0.1 (%s CPUs)", kwargs["num_cpus"])
-        ray.init(address="local", configure_logging=False, **kwargs)
+        # log_to_driver off: the workers write their own log files (cluster/run_log.py).
+        ray.init(address="local", configure_logging=False, log_to_driver=False, **kwargs)
     else:
         # Inside a Ray job the job's runtime_env already reaches every worker: passing env vars again
         # here fails with a merge error (PLATFORM.md), so join with none.
         log.info("joining the Ray cluster at %s", where.address)
-        ray.init(address=where.address, configure_logging=False)
+        ray.init(address=where.address, configure_logging=False, log_to_driver=False)
     try:
         yield where
     finally:

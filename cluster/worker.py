@@ -30,14 +30,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from cluster.config import RootConfig
+    from cluster.run_log import redirect_worker_output
     from trainer.config_tree import from_dict
 
     # ZeRO 1-2 flood stderr with a torch.distributed deprecation warning (PLATFORM.md).
     warnings.filterwarnings("ignore", category=FutureWarning)
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    _configure_logging(rank)
     cfg = from_dict(RootConfig, loop_config["config"], "<config sent to the Ray workers>")
+    redirect_worker_output(cfg.checkpoint.dir, rank)  # DeepSpeed's and Ray's chatter too: not the console
+    _configure_logging(rank)
     restore_reported_checkpoint(Path(cfg.checkpoint.dir), context.get_local_rank())
     reporter = CheckpointReporter(rank, cfg.tracking.uri if cfg.tracking.enabled else "",
                                   loop_config.get("parent_run_id", ""))

@@ -98,6 +98,7 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
                 break
             run.progress.epoch, run.progress.batch = epoch + 1, 0
             run.save()
+            log.info("epoch %d done: %s", epoch, run.summary())  # the console's progress line (cluster/run_log.py)
         if run.budget.spent:
             log.info("time budget of %.0f s spent: stopped at epoch %d, batch %d, step %d", cfg.train.time_budget_s,
                      run.progress.epoch, run.progress.batch, run.progress.step)
@@ -155,6 +156,7 @@ class _Run:
         self.last_losses: dict[str, float] = {}
         self.sample_batch: Any = None
         self.lr_scale = 1.0
+        self.frames_per_s = 0.0
 
     def _resume(self, folder: Path) -> None:
         saved = checkpoint.load_trainer_state(folder)
@@ -199,6 +201,7 @@ class _Run:
             results = train_batch(self.engines, batch, self.settings)
             progress.batch = index + 1
             fps = batch.rgb.shape[0] * batch.rgb.shape[1] * self.world / (time.perf_counter() - started)
+            self.frames_per_s = fps
             for result in results:
                 progress.step += 1
                 _count_bad(result, progress, cfg.train.max_bad_steps)
@@ -244,6 +247,10 @@ class _Run:
         self.tracker.set_tag("checkpoint", str(self.last_save.resolve()))
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.last_save, self.last_losses)
+
+    def summary(self) -> str:
+        losses = [f"{k} {self.last_losses[k]:.3f}" for k in ("g/total", "d/total") if k in self.last_losses]
+        return ", ".join([f"step {self.progress.step}", *losses, f"{self.frames_per_s:.1f} frames/s"])
 
     def log_sample(self, epoch: int) -> None:
         if self.stage is not None and self.sample_batch is not None:
