@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 LOG_DIR = "logs"
-PROGRESS_LOGGERS = ("trainer.loop", "trainer.validation")
-"""Rank 0's log lines from these loggers are the console's progress lines."""
+PROGRESS_LOGGERS = ("trainer.loop", "trainer.validation", "cluster.worker")
+"""Rank 0's log lines from these loggers are the console's progress lines (resumes and restores too)."""
 RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "ray.serve")
 
 
