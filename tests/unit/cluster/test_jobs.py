@@ -22,6 +22,13 @@ def test_ray_job_yaml_is_a_kuberay_rayjob() -> None:
     gpu_groups = [g for g in cluster["workerGroupSpecs"]
                   if any("nvidia.com/gpu" in c["resources"]["limits"] for c in g["template"]["spec"]["containers"])]
     assert gpu_groups and gpu_groups[0]["replicas"] >= 1
+    # Every pod, the head (driver: logs, publishing) included, mounts the one checkpoint volume.
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        spec = pod["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        assert claims[mounts["/checkpoints"]] == "vid2vid-checkpoints"
 
 
 def test_entrypoint_and_runtime_env() -> None:
