@@ -204,9 +204,11 @@ class Engines:
     discriminator: Any
 
     def save(self, folder: Path) -> None:
-        """Write both engines under ``folder`` (every rank; ZeRO ranks write their own shards)."""
-        self.generator.save_checkpoint(str(folder / "generator"), tag=TAG, save_latest=False)
-        self.discriminator.save_checkpoint(str(folder / "discriminator"), tag=TAG, save_latest=False)
+        """Write both engines under ``folder`` (every rank; ZeRO ranks write their own shards). Each
+        engine folder carries DeepSpeed's own ``latest`` tag file, so DeepSpeed's tools (zero_to_fp32)
+        open it as they open any DeepSpeed checkpoint; the run's ``latest`` is ours (checkpoint.py)."""
+        self.generator.save_checkpoint(str(folder / "generator"), tag=TAG, save_latest=True)
+        self.discriminator.save_checkpoint(str(folder / "discriminator"), tag=TAG, save_latest=True)
 
     def load(self, folder: Path) -> None:
         """Restore both engines' weights, optimizer states and step counters from ``folder``."""

@@ -127,6 +127,21 @@ def test_checkpoints_are_complete_and_weights_only(run_a: Path) -> None:
     assert not list(root.glob(".partial-*"))
 
 
+def test_deepspeed_s_own_consolidation_opens_our_checkpoints(run_a: Path, tmp_path: Path) -> None:
+    """DeepSpeed's zero_to_fp32 on a 2-rank ZeRO-2 engine folder, as the README shows it, gives the
+    weights our consolidation gives (the export itself holds the weight average)."""
+    from trainer.export import consolidated_generator_state
+    step = run_a / "checkpoints" / "tiny" / "step-000000008"
+    code = ("from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict as convert; "
+            f"convert({str(step / 'generator')!r}, {str(tmp_path)!r}, max_shard_size=None)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    ours = consolidated_generator_state(step, zero_stage=2)
+    common = [k for k in ours if k in theirs]
+    assert len(common) == len(theirs) and all(torch.equal(theirs[k].float(), ours[k]) for k in common)
+
+
 def test_export_reloads_on_one_process(run_a: Path) -> None:
     from models.generator import generate_clip
     from trainer.export import consolidated_generator_state, load_generator
