@@ -28,7 +28,8 @@ def test_synth_pack_and_inspect_as_the_readme_shows(tmp_path: Path) -> None:
     assert len(list((tmp_path / "data" / "demo" / "synth").glob("seq_*/frames/000023.png"))) == 8
     pack = run(tmp_path, "data", "pack", "--config", "configs/demo.yaml")
     assert (tmp_path / "data" / "demo" / "shards" / "manifest.parquet").is_file()
-    assert "packed 16 clips of 8 sequences into data/demo/shards" in pack.stdout  # 2 clips of 16 per sequence
+    shards = (tmp_path / "data" / "demo" / "shards").resolve()  # the report names where they went in full
+    assert f"packed 16 clips of 8 sequences into {shards}:" in pack.stdout  # 2 clips of 16 per sequence
     shown = run(tmp_path, "data", "inspect", "--config", "configs/demo.yaml").stdout
     # demo.yaml: batches of 2 clips of 16 frames, at the packed 128x256, 8 classes + instance edges.
     assert "data/demo/shards [train]:" in shown and "8 classes" in shown

@@ -144,13 +144,18 @@ def test_deepspeed_s_own_consolidation_opens_our_checkpoints(run_a: Path, tmp_pa
 
 def test_export_reloads_on_one_process(run_a: Path) -> None:
     from models.generator import generate_clip
+    from trainer.average import averaged_state
     from trainer.export import consolidated_generator_state, load_generator
     path = run_a / "checkpoints" / "tiny" / "export" / "generator.pt"
     payload = torch.load(path, weights_only=True)
     assert payload["active_scales"] == 2 and payload["label_channels"] == 9
     generator = load_generator(path)
-    merged = consolidated_generator_state(run_a / "checkpoints" / "tiny" / "step-000000008", zero_stage=2)
-    assert all(torch.equal(generator.state_dict()[k], v) for k, v in merged.items())
+    last = run_a / "checkpoints" / "tiny" / "step-000000008"
+    # The export holds the weights' running average (what validation scored), not the raw weights.
+    averaged, merged = averaged_state(last), consolidated_generator_state(last, zero_stage=2)
+    assert averaged is not None and averaged.keys() == merged.keys()
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in averaged.items())
+    assert not all(torch.equal(averaged[k], merged[k]) for k in merged)
     labels = torch.nn.functional.one_hot(torch.randint(0, 8, (1, 3, 32, 64)), 9).permute(0, 1, 4, 2, 3).float()
     with torch.no_grad():
         clip = generate_clip(generator, labels)

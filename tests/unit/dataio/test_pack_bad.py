@@ -63,7 +63,7 @@ def source_with_bad(good: Path, root: Path, problem: str) -> tuple[Path, str]:
     source = root / "src"
     shutil.copytree(good, source / "a_good")
     shutil.copytree(good, source / "bad")
-    return source, make_bad(source / "bad", problem).replace("bad", str(source / "bad"), 1)
+    return source, make_bad(source / "bad", problem).replace("bad/", f"{source}/bad/")
 
 
 PROBLEMS = ["frame and label counts differ", "sizes differ", "unreadable image", "unreadable video",

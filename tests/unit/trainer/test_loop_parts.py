@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from dataio.labels import LabelSpec
 from trainer import batches, checkpoint, distributed, loop, step
 from trainer.average import AVERAGE_FILE, WeightAverage
 from trainer.config import load
@@ -95,6 +96,6 @@ def test_export_takes_the_scales_of_the_checkpoint(tmp_path: Path, monkeypatch: 
     folder = checkpoint.save(tmp_path, 3, {"stage": {"scale": 0}}, lambda f: None, keep=1)
     told: dict = {}
     monkeypatch.setattr(loop, "export_generator", lambda *a, **kw: told.update(kw))
-    loop._export(cfg, folder, label_channels=9)
+    loop._export(cfg, folder, LabelSpec(8, has_edges=True))
     assert told["active_scales"] == 1
 
