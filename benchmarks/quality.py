@@ -55,6 +55,8 @@ VARIANTS: dict[str, list[str]] = {
     "full_no_output_warp": ["model.loss.output_warp=0"],
     "full_no_label_only": ["model.loss.label_only=0"],
     "full_mask_output": ["model.loss.mask_target=output"],
+    # The flow head alone, as in the paper, without the label maps' flow to start from.
+    "full_no_flow_prior": ["model.generator.flow_prior=none"],
 }
 SCORE_FILE = "score.json"
 

@@ -13,6 +13,7 @@ NormKind = Literal["spade", "instance", "batch"]
 DiscriminatorNorm = Literal["instance", "batch", "none"]
 GanMode = Literal["hinge", "lsgan", "nonsaturating"]
 MaskTarget = Literal["occlusion", "output"]
+FlowPrior = Literal["labels", "none"]
 
 # VGG19 relu1_1 .. relu5_1, weighted as in pix2pixHD / vid2vid.
 PAPER_VGG_LAYER_WEIGHTS = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
@@ -49,6 +50,11 @@ class GeneratorConfig:
     flow_multiplier: float = 20.0
     """Output scale of the flow head at the coarsest scale (doubled per finer scale), so that a
     freshly initialised head predicts flows of a few pixels rather than a fraction of one."""
+    flow_prior: FlowPrior = "labels"
+    """What the flow head starts from. ``labels``: the flow between the label maps of frames t and t-1
+    (``models/label_flow.py``), computed on the CPU from the inputs; the head predicts a correction.
+    ``none``: the head predicts the whole flow, as in the paper (it did not learn within CPU budgets:
+    docs/performance.md)."""
     per_frame: bool = False
     """Ablation: the image-to-image baseline. No previous frames, no flow, no mask (m = 1), labels
     of the current frame only; the flow and previous-frame modules are not built."""
@@ -71,6 +77,8 @@ class GeneratorConfig:
             raise ValueError("n_blocks must be >= 2 and n_blocks_local >= 1")
         if self.spade_hidden < 1:
             raise ValueError(f"spade_hidden must be >= 1, got {self.spade_hidden}")
+        if self.flow_prior not in ("labels", "none"):
+            raise ValueError(f"flow_prior must be 'labels' or 'none', got {self.flow_prior!r}")
         if self.flow_multiplier <= 0:
             raise ValueError(f"flow_multiplier must be > 0, got {self.flow_multiplier}")
 

@@ -2,7 +2,8 @@
 
 Frame t is ``(1 - m) * warp(frame[t-1], w) + m * h``: the previous output carried along the
 predicted flow ``w`` where it is visible, the hallucinated image ``h`` where the mask ``m`` says
-the content is new. The first frame has no previous output and is generated from labels alone,
+the content is new. With ``flow_prior: labels`` (the default) ``w`` is the flow between the label maps
+of frames t and t-1 plus the flow head's correction (``models/label_flow.py``). The first frame has no previous output and is generated from labels alone,
 so inference needs no real frame.
 
 Scales: the trainer activates them coarsest first (``set_active_scales``), may freeze the coarser
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import GeneratorConfig
+from models.label_flow import label_flow
 from models.scales import IMAGE_CHANNELS, GeneratorScale, ScaleResult
 from models.warp import warp
 
@@ -53,6 +55,12 @@ class Generator(nn.Module):
         self._active = cfg.num_scales
         self._trainable = set(range(cfg.num_scales))
         self._apply_trainable()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # Generators pickled before the flow prior existed were trained without it.
+        if "flow_prior" not in vars(self.cfg):
+            self.cfg.flow_prior = "none"
 
     # -- scale control -------------------------------------------------------------------------
     @property
@@ -120,7 +128,12 @@ class Generator(nn.Module):
         assert result is not None
         if result.flow is None:
             return GeneratorOutput(result.hallucinated, result.hallucinated, None, None, None)
-        used = result.flow if flow is None else flow
+        if flow is not None:
+            used = flow
+        elif self.cfg.flow_prior == "labels":
+            used = label_flow(labels[:, -1], labels[:, -2]) + result.flow
+        else:
+            used = result.flow
         warped = warp(prev[:, -1], used)
         image = (1 - result.mask) * warped + result.mask * result.hallucinated
         return GeneratorOutput(image, result.hallucinated, used, result.mask, warped, result.label_only)

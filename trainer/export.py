@@ -68,7 +68,10 @@ def load_export(path: str | Path) -> tuple[Any, LabelSpec | None]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a vid2vid generator export (format {payload.get('format')!r})")
-    generator = build_generator(from_dict(ModelConfig, payload["model"], str(path), "model."),
+    model = payload["model"]
+    # Exports made before the flow prior existed were trained without it (its default is on).
+    model.setdefault("generator", {}).setdefault("flow_prior", "none")
+    generator = build_generator(from_dict(ModelConfig, model, str(path), "model."),
                                 payload["label_channels"])
     generator.set_active_scales(payload["active_scales"])
     generator.load_state_dict(payload["state_dict"])

@@ -120,3 +120,25 @@ def test_export_refuses_other_files(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a vid2vid generator export"):
         load_generator(tmp_path / "x.pt")
+
+
+def test_models_saved_before_the_flow_prior_load_without_it(tmp_path: Path) -> None:
+    """Exports and pickled generators from before ``flow_prior`` were trained with the head's flow alone."""
+    import pickle
+
+    from models.build import build_generator
+    from models.config import GeneratorConfig, ModelConfig
+    from trainer.config_tree import to_dict
+    from trainer.export import FORMAT, load_generator
+
+    model = to_dict(ModelConfig(generator=GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1)))
+    del model["generator"]["flow_prior"]
+    generator = build_generator(ModelConfig(generator=GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2,
+                                                                      n_blocks_local=1)), 5)
+    torch.save({"format": FORMAT, "state_dict": generator.state_dict(), "model": model, "label_channels": 5,
+                "active_scales": 1}, tmp_path / "old.pt")
+    assert load_generator(tmp_path / "old.pt").cfg.flow_prior == "none"
+
+    del generator.cfg.__dict__["flow_prior"]  # an object pickled by the code of then
+    assert pickle.loads(pickle.dumps(generator)).cfg.flow_prior == "none"
+    assert build_generator(ModelConfig(), 5).cfg.flow_prior == "labels"

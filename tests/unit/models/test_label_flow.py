@@ -1,0 +1,58 @@
+"""The flow prior from label maps: a moving region's flow, wide maps, and the generator adding it."""
+import pytest
+import torch
+
+from models import label_flow as lf
+from models.config import GeneratorConfig
+from models.generator import Generator
+from models.warp import warp
+
+CLASSES = 4
+
+
+def scene(shift: int, zoom: int = 1) -> torch.Tensor:
+    """One-hot [1, C, 64 * zoom, 128 * zoom]: class 1 background, a class-2 box and a class-3 box, the
+    second moved ``shift`` pixels to the right."""
+    z = zoom
+    ids = torch.ones(64 * z, 128 * z, dtype=torch.long)
+    ids[8 * z:24 * z, 10 * z:30 * z] = 2
+    ids[30 * z:54 * z, 40 * z + shift:80 * z + shift] = 3
+    return torch.nn.functional.one_hot(ids, CLASSES).permute(2, 0, 1).float().unsqueeze(0)
+
+
+def test_a_region_that_moves_gets_its_motion_and_the_rest_none() -> None:
+    previous, current = scene(0), scene(3)
+    flow = lf.label_flow(current, previous)
+    assert flow.shape == (1, 2, 64, 128)
+    # current(p) ~ previous(p + flow(p)): the box moved right, so its pixels came from 3 px to the left.
+    box = flow[0, :, 34:50, 48:78]
+    assert box[0].median().item() == pytest.approx(-3.0, abs=0.5) and box[1].abs().median() < 0.5
+    assert flow[0, :, 10:22, 12:28].abs().max() < 0.5  # the box that stayed
+    assert torch.allclose(warp(previous, flow)[0, 3, 34:50, 50:76], current[0, 3, 34:50, 50:76], atol=0.1)
+
+
+def test_wide_maps_are_estimated_smaller_and_the_flow_scaled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lf, "MAX_WIDTH", 128)  # 256 wide: estimated at half size, 3 px there, 6 px here
+    flow = lf.label_flow(scene(6, zoom=2), scene(0, zoom=2))
+    assert flow.shape == (1, 2, 128, 256)
+    assert flow[0, 0, 68:100, 96:156].median().item() == pytest.approx(-6.0, abs=1.0)
+
+
+def test_the_generator_warps_with_the_label_flow_plus_its_head() -> None:
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1, spade_hidden=8)
+    assert cfg.flow_prior == "labels"
+    gen = Generator(cfg, CLASSES).eval()
+    labels = torch.stack([scene(0), scene(0), scene(3)], dim=1)  # frames t-2, t-1, t
+    prev = torch.rand(1, 2, 3, 64, 128) * 2 - 1
+    with torch.no_grad():
+        out = gen(labels, prev)
+        prior = lf.label_flow(labels[:, -1], labels[:, -2])
+    assert prior.abs().max() > 2  # something moved, and a fresh head adds exactly nothing to it
+    assert torch.equal(out.flow, prior) and torch.allclose(out.warped, warp(prev[:, -1], prior))
+    with torch.no_grad():
+        gen.scales[0].flow_head.conv.bias.copy_(torch.tensor([0.05, 0.0]))  # x20 -> +1 px in x
+        assert torch.allclose(gen(labels, prev).flow, prior + torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+    with torch.no_grad():
+        still = gen(torch.stack([scene(0)] * 3, dim=1), prev)
+    assert torch.equal(still.flow, torch.full_like(still.flow, 1.0) * torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
