@@ -23,19 +23,20 @@ _ALPHA1, _ALPHA2 = 0.01, 0.5
 
 
 class FlowEstimator:
-    """Dense flow between two grey frames with one OpenCV method (the DIS object is reused)."""
+    """Dense flow between two grey frames with one OpenCV method."""
 
     def __init__(self, method: Method = "dis") -> None:
         if method not in ("dis", "farneback"):
             raise ValueError(f"data.pack.flow: unknown flow method {method!r} (dis or farneback)")
         self.method = method
-        # MEDIUM: ~10 ms per 256x128 pair on one core; FAST is 3x quicker and visibly worse on texture.
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """Flow f [H, W, 2] float32 with ``src(p) ~= dst(p + f(p))``."""
-        if self._dis is not None:
-            return self._dis.calc(src, dst, None)
+        if self.method == "dis":
+            # MEDIUM: ~10 ms per 256x128 pair on one core; FAST is 3x quicker and visibly worse on
+            # texture. A fresh object per pair: a DIS object that has seen other images returns a
+            # slightly different flow (up to 0.08 px measured), so packing would depend on its order.
+            return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(src, dst, None)
         return cv2.calcOpticalFlowFarneback(src, dst, None, pyr_scale=0.5, levels=4, winsize=15,
                                             iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 

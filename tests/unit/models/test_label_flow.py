@@ -56,3 +56,18 @@ def test_the_generator_warps_with_the_label_flow_plus_its_head() -> None:
     with torch.no_grad():
         still = gen(torch.stack([scene(0)] * 3, dim=1), prev)
     assert torch.equal(still.flow, torch.full_like(still.flow, 1.0) * torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+
+
+def test_the_same_pair_gives_the_same_flow_whatever_came_before() -> None:
+    """A resumed run must repeat the uninterrupted one: no estimator state carries across calls (a
+    reused DIS object that had seen another size gave a different flow for the same pair)."""
+    g = torch.Generator().manual_seed(0)
+
+    def noise(height: int, width: int) -> torch.Tensor:
+        ids = torch.randint(0, CLASSES, (height, width), generator=g)
+        return torch.nn.functional.one_hot(ids, CLASSES).permute(2, 0, 1).float().unsqueeze(0)
+
+    current, previous = noise(32, 64), noise(32, 64)
+    first = lf.label_flow(current, previous)
+    lf.label_flow(noise(16, 32), noise(16, 32))  # an earlier stage's size
+    assert torch.equal(lf.label_flow(current, previous), first)
