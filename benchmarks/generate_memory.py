@@ -57,7 +57,7 @@ def write_checkpoint(folder: Path) -> None:
 
     from dataio.labels import LabelSpec
     from models.build import build_generator
-    from trainer.config import load
+    from cluster.config import load
     from trainer.config_tree import to_dict
     from trainer.export import FORMAT
 
