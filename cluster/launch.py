@@ -68,7 +68,8 @@ def resolve(cfg: RootConfig, embedded: bool) -> RootConfig:
 
 def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     """What would otherwise fail inside every worker, late and retried: more workers than an embedded
-    Ray has CPUs, a location that cannot be read or written, shards missing or too few to split."""
+    Ray has CPUs, a location that cannot be read or written, a checkpoint folder whose disk cannot
+    take the next checkpoint, shards missing or too few to split."""
     from dataio.reader import list_shards, manifest_or_none
     from dataio.storage import check_location
 
@@ -84,6 +85,13 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("cluster.storage_path", cluster.storage_path)):
         if embedded or "://" in url:
             check_location(url, key, write=True)
+    if embedded and "://" not in cfg.checkpoint.dir:
+        from trainer.checkpoint import space_shortage
+
+        # A resumed run whose disk cannot hold its next checkpoint would train an epoch, then fail.
+        shortage = space_shortage(cfg.checkpoint.dir)
+        if shortage:
+            raise ValueError(f"checkpoint.dir: {shortage}")
     shards = list_shards(cfg.data.shards, "train", manifest_or_none(cfg.data.shards))
     if len(shards) < cfg.cluster.num_workers:
         raise ValueError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "

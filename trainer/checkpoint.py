@@ -21,9 +21,15 @@ moves the old copy aside first and deletes it only once the new one is in place:
 leaves the ``.old-`` copy, which counts as that step until the next save renames it back. Pruning
 renames a checkpoint to ``.deleting-`` before deleting it, so a crash mid-delete never leaves a
 ``step-*`` folder with ``trainer.pt`` but half of its engine files.
+
+A full disk: a save that would not fit (the next checkpoint is taken to be the size of the latest,
+plus 10%) is refused before anything is written, and one that fills the disk part way removes its
+``.partial-`` folder; both raise ``CheckpointSpaceError`` naming the folder and the free space, and
+the earlier checkpoints stay intact.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -40,6 +46,10 @@ _RNG = re.compile(r"^rng-rank\d+\.pt$")
 _ASIDE = ".old-"        # prefix of a replaced copy, kept until its replacement is in place
 _DELETING = ".deleting-"  # prefix of a pruned checkpoint whose files are being deleted
 TRAINER_FILE = "trainer.pt"
+
+
+class CheckpointSpaceError(OSError):
+    """The checkpoint folder's file system cannot hold another checkpoint: retrying cannot help."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -80,14 +90,28 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
     root = Path(root)
     final = root / checkpoint_name(step)
     staging = root / f".partial-{final.name}"
+    shortage = ""
     if dist.is_main():
         root.mkdir(parents=True, exist_ok=True)
         _restore_aside(root)
         shutil.rmtree(staging, ignore_errors=True)  # a crashed save of the same step
-        staging.mkdir()
+        shortage = space_shortage(root)
+        if not shortage:
+            staging.mkdir()
+    shortage = dist.broadcast(shortage)
+    if shortage:  # refused before a byte is written: the earlier checkpoints stay as they are
+        raise CheckpointSpaceError(shortage)
     dist.barrier()
-    write_engines(staging)
-    _write(staging / f"rng-rank{dist.rank()}.pt", rng_state())
+    try:
+        write_engines(staging)
+        _write(staging / f"rng-rank{dist.rank()}.pt", rng_state())
+    except (OSError, RuntimeError) as err:
+        if not _out_of_space(err, root):
+            raise
+        # The partial folder would only hold the full disk's last bytes: remove it now.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointSpaceError(f"no space left on {root} while writing checkpoint {final.name}: "
+                                   f"{_free_mb(root)} MB free ({err})") from err
     dist.barrier()  # every rank's shards are on disk before rank 0 seals the folder
     if dist.is_main():
         _write(staging / TRAINER_FILE, trainer_state)
@@ -96,6 +120,30 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
         prune(root, keep)
     dist.barrier()
     return final
+
+
+def space_shortage(root: str | Path) -> str:
+    """Why ``root`` cannot take another checkpoint (empty when it can): the next one is about the
+    size of the latest, plus 10%."""
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return ""
+    needed = int(sum(f.stat().st_size for f in latest.rglob("*") if f.is_file()) * 1.1)
+    free = shutil.disk_usage(root).free
+    if free >= needed:
+        return ""
+    return f"no space left on {root}: {free // 2**20} MB free, a checkpoint needs about {needed // 2**20 + 1} MB"
+
+
+def _out_of_space(err: BaseException, root: Path) -> bool:
+    # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos".
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "unexpected pos" in str(err) or (isinstance(err, RuntimeError) and shutil.disk_usage(root).free == 0)
+
+
+def _free_mb(root: Path) -> int:
+    return shutil.disk_usage(root).free // 2**20
 
 
 def reuse_engine_files(source: str | Path) -> Callable[[Path], None]:

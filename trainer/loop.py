@@ -149,6 +149,10 @@ class _Run:
         self.validation = Validation(cfg, self.budget, self.average)  # refuses a missing split before a run is tracked
         self.last_save = checkpoint.latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
         if self.last_save is not None:
+            # A restart after a full disk would otherwise train until its next save and fail there.
+            shortage = dist.broadcast(checkpoint.space_shortage(cfg.checkpoint.dir) if dist.is_main() else "")
+            if shortage:
+                raise checkpoint.CheckpointSpaceError(shortage)
             self._resume(self.last_save)
         self.tracker = make_tracker(cfg.tracking, flatten(cfg), run_id=self.progress.run_id or None,
                                     tags={"world_size": str(self.world),

@@ -57,6 +57,15 @@ def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.Mo
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*base, "checkpoint.dir=a-file/ckpt"]), True))
     with pytest.raises(FileNotFoundError, match="no train shards"):  # everything before the shards passed
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
+    # A resumed run on a disk that cannot take its next checkpoint (about the size of its latest).
+    from trainer import checkpoint
+    folder = resolve(load(REPO / "configs" / "demo.yaml", base), True).checkpoint.dir
+    checkpoint.save(folder, 4, {"step": 4}, lambda f: (f / "engine.bin").write_bytes(b"x" * 2**20), keep=1)
+    real = checkpoint.shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=2**19))
+    with pytest.raises(ValueError, match=r"^checkpoint\.dir: no space left on .*checkpoints/demo: 0 MB free, "
+                                         r"a checkpoint needs about 2 MB$"):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
 
 
 def test_s3_locations_that_cannot_be_used_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

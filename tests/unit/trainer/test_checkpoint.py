@@ -156,3 +156,42 @@ def test_reused_engine_files_are_linked_not_rewritten(tmp_path: Path) -> None:
     assert torch.equal(torch.load(again / "generator" / "model.pt", weights_only=True)["w"], torch.arange(4.0))
     assert (again / "rng-rank0.pt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000005"]
+
+
+def test_a_disk_too_full_for_the_next_checkpoint_is_refused_before_writing(tmp_path: Path, monkeypatch) -> None:
+    checkpoint.save(tmp_path, 1, {"step": 1}, write_engines, keep=3)
+    real = checkpoint.shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
+    assert checkpoint.space_shortage(tmp_path).startswith(f"no space left on {tmp_path}: 0 MB free, a checkpoint "
+                                                          "needs about 1 MB")
+    with pytest.raises(checkpoint.CheckpointSpaceError, match="no space left on"):
+        checkpoint.save(tmp_path, 2, {"step": 2}, write_engines, keep=3)
+    assert not list(tmp_path.glob(".partial-*"))
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000001"]
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7040 vs 6932"),  # torch.save's
+])
+def test_a_disk_filling_up_mid_save_removes_the_partial_folder(tmp_path: Path, failure: Exception) -> None:
+    checkpoint.save(tmp_path, 1, {"step": 1}, write_engines, keep=3)
+
+    def fills_the_disk(folder: Path) -> None:
+        write_engines(folder)
+        raise failure
+
+    with pytest.raises(checkpoint.CheckpointSpaceError, match=f"no space left on {tmp_path} while writing "
+                                                              "checkpoint step-000000002: [0-9]+ MB free"):
+        checkpoint.save(tmp_path, 2, {"step": 2}, fills_the_disk, keep=3)
+    assert not list(tmp_path.glob(".partial-*"))
+    assert checkpoint.load_trainer_state(checkpoint.latest_checkpoint(tmp_path)) == {"step": 1}
+
+
+def test_other_save_errors_are_not_called_a_full_disk(tmp_path: Path) -> None:
+    def broken(folder: Path) -> None:
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else") as caught:
+        checkpoint.save(tmp_path, 1, {"step": 1}, broken, keep=3)
+    assert not isinstance(caught.value, checkpoint.CheckpointSpaceError)
