@@ -2,9 +2,9 @@
 
 Frame t is ``(1 - m) * warp(frame[t-1], w) + m * h``: the previous output carried along the
 predicted flow ``w`` where it is visible, the hallucinated image ``h`` where the mask ``m`` says
-the content is new. With ``flow_prior: labels`` (the default) ``w`` is the flow between the label maps
-of frames t and t-1 plus the flow head's correction (``models/label_flow.py``). The first frame has no previous output and is generated from labels alone,
-so inference needs no real frame.
+the content is new. With ``flow_prior: labels`` (the default) ``w`` is the flow between the label
+maps of frames t and t-1 plus the flow head's correction (``models/label_flow.py``). The first frame
+has no previous output and is generated from labels alone, so inference needs no real frame.
 
 Scales: the trainer activates them coarsest first (``set_active_scales``), may freeze the coarser
 ones while a new finer one warms up (``set_trainable_scales``), then trains them jointly. Inputs
