@@ -96,7 +96,8 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 def cmd_model_publish(args: argparse.Namespace) -> int:
     from cluster.registry import publish
-    done = publish(_tracking_uri(args), args.name, args.alias, run_id=args.run, checkpoint=args.checkpoint)
+    done = publish(_tracking_uri(args), args.name, args.alias, run_id=args.run, checkpoint=args.checkpoint,
+                   best=args.best or "")
     print(f"published {done.name} version {done.version} (run {done.run_id})"
           + (f" as {done.uri}" if done.alias else ""))
     return 0
@@ -200,13 +201,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if args.address else [])
     from cluster.config import load
     cfg = load(args.config, overrides)
-    result = sweep(cfg)
-    print(format_table(result.rows, cfg.sweep.metric, result.best))
+    metric = cfg.sweep.metric
+    result = sweep(cfg, say=lambda line: print(line, flush=True))
+    print(format_table(result.rows, metric, cfg.sweep.mode, result.best))
+    print(result.rule)
+    if result.interrupted:
+        print(f"sweep interrupted: the trials above are as they were left ({result.planned - len(result.rows)} of "
+              f"{result.planned} never created); nothing published", file=sys.stderr)
+        return 130
     if result.best is None:
         print("no trial finished with a finite metric: nothing published", file=sys.stderr)
         return 1
-    print(f"best: {result.best.trial} ({cfg.sweep.metric} {result.best.metric:.4g}), MLflow run {result.best.run_id}"
-          f" under sweep run {result.parent_run_id or '-'}")
+    print(f"best: {result.best.trial} ({metric} {result.best.best:.4g} at step {result.best.best_step}), "
+          f"MLflow run {result.best.run_id} under sweep run {result.parent_run_id or '-'}")
+    if result.worst is not None and result.worst is not result.best:
+        print(f"worst: {result.worst.trial} ({metric} {result.worst.best:.4g}): best - worst = "
+              f"{result.best.best - result.worst.best:+.4g}")
     if result.published is not None:
         print(f"published {result.published.uri} (version {result.published.version})")
     return 0
@@ -287,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = publish.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="MLflow run id of a `vid2vid train` run")
     source.add_argument("--checkpoint", help="an exported generator.pt, a run's checkpoint folder or one step-* folder")
+    publish.add_argument("--best", metavar="METRIC",
+                         help="publish the kept checkpoint with the best recorded held-out score (eval/psnr, "
+                              "eval/ssim, eval/warp_error, eval/warp_ratio; trained with eval.at_checkpoint) "
+                              "instead of the last")
     publish.add_argument("--name", required=True, help="registered model name")
     publish.add_argument("--alias", default="champion", help="alias to point at the new version ('' for none)")
     _add_tracking_arg(publish)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from trainer.config import Config
+from trainer.config import EVAL_METRICS, Config
 from trainer.config_tree import load_config
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -69,10 +69,13 @@ class SweepConfig:
     search: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     """Dotted config key -> one distribution: `{choice: [a, b]}`, `{grid: [a, b]}` (every value),
     `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`, `{randint: [lo, hi]}` (hi excluded)."""
-    metric: str = "g/total"
-    """Training metric ASHA compares and the best trial is chosen by (reported at each checkpoint).
-    Loss values are weighted: do not compare trials by a term whose weight the search changes."""
-    mode: Literal["min", "max"] = "min"
+    metric: str = "eval/psnr"
+    """What ASHA compares and the best trial and checkpoint are chosen by, reported at each
+    checkpoint: a held-out score (``eval/psnr``, ``eval/ssim``, ``eval/warp_error``,
+    ``eval/warp_ratio``: the ``eval`` section says on which clips and at what size; set
+    ``eval.height/width`` to compare reports of every stage), or a training metric (``g/flow`` ...:
+    losses are weighted, so never a term whose weight the search changes)."""
+    mode: Literal["min", "max"] = "max"
     num_samples: int = 4
     """Trials drawn (with `grid` keys: repeats of the whole grid)."""
     max_concurrent: int = 0
@@ -103,6 +106,12 @@ class SweepConfig:
                     raise ValueError(f"search.{key}.{kind}: need lo < hi, got {values}")
             if kind == "loguniform" and not 0 < values[0]:
                 raise ValueError(f"search.{key}.loguniform: need 0 < lo < hi, got {values}")
+        better = EVAL_METRICS.get(self.metric)
+        if self.metric.startswith("eval/") and better is None:
+            raise ValueError(f"metric: unknown held-out score {self.metric!r} (known: {', '.join(EVAL_METRICS)})")
+        if better is not None and self.mode != better:
+            raise ValueError(f"mode: a {'higher' if better == 'max' else 'lower'} {self.metric} is better, "
+                             f"so mode must be {better!r}, got {self.mode!r}")
         if self.num_samples < 1 or self.max_concurrent < 0:
             raise ValueError("num_samples must be >= 1 and max_concurrent >= 0")
         if self.grace_period < 1 or self.reduction_factor < 2:

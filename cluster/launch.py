@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from cluster.config import RootConfig
 from cluster.ray_env import connected
+from trainer.config import EVAL_METRICS
 from trainer.config_tree import to_dict
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,15 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
 
 
 def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: Sequence[Any] = ()):
-    """The ``TorchTrainer`` of one training run of ``cfg`` (already resolved)."""
+    """The ``TorchTrainer`` of one training run of ``cfg`` (already resolved). Ray keeps the last
+    ``checkpoint.keep`` checkpoints, or with ``checkpoint.keep_best`` the best by that reported
+    held-out score (and always the latest, to resume from)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.worker import train_loop
 
-    cluster = cfg.cluster
+    cluster, best = cfg.cluster, cfg.checkpoint.keep_best
     resources = {"CPU": cluster.cpus_per_worker, **({"GPU": 1} if cluster.use_gpu else {})}
     return TorchTrainer(
         train_loop,
@@ -121,7 +124,10 @@ def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, ca
         torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
         run_config=RunConfig(name=cluster.name, storage_path=cluster.storage_path,
                              failure_config=FailureConfig(max_failures=cluster.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=cfg.checkpoint.keep,
+                                 checkpoint_score_attribute=best or None,
+                                 checkpoint_score_order=EVAL_METRICS.get(best, "max")),
                              callbacks=list(callbacks)),
     )
 

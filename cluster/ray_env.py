@@ -43,8 +43,9 @@ def set_loopback_env() -> None:
 
 
 @contextlib.contextmanager
-def connected(cfg: ClusterConfig) -> Iterator[RayTarget]:
-    """Ray is initialised inside the block and shut down after it (an embedded instance stops)."""
+def connected(cfg: ClusterConfig, dashboard: bool = False) -> Iterator[RayTarget]:
+    """Ray is initialised inside the block and shut down after it (an embedded instance stops).
+    ``dashboard``: an embedded instance runs its dashboard (on 127.0.0.1), which serves the state API."""
     import ray
 
     where = target(cfg)
@@ -53,7 +54,8 @@ def connected(cfg: ClusterConfig) -> Iterator[RayTarget]:
         # The instance listens on loopback and lives as long as this command: no token to guard it,
         # and none written to ~/.ray where it would switch later `ray start` clusters to token auth.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        kwargs = {"num_cpus": cfg.num_cpus or os.cpu_count() or 1, "include_dashboard": False}
+        kwargs = {"num_cpus": cfg.num_cpus or os.cpu_count() or 1, "include_dashboard": dashboard,
+                  **({"dashboard_host": "127.0.0.1"} if dashboard else {})}
         if cfg.temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
         log.info("starting an embedded Ray on 127.0.0.1 (%s CPUs)", kwargs["num_cpus"])

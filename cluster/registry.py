@@ -166,8 +166,14 @@ def video_model(export: Path, config: dict[str, Any]):
 
 
 def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: str | None = None,
-            checkpoint: str | Path | None = None, experiment: str = "vid2vid") -> Published:
-    """Log the generator of ``run_id`` (or ``checkpoint``) as an MLflow model, register it, alias it."""
+            checkpoint: str | Path | None = None, experiment: str = "vid2vid", best: str = "",
+            tags: dict[str, Any] | None = None) -> Published:
+    """Log the generator of ``run_id`` (or ``checkpoint``) as an MLflow model, register it, alias it.
+
+    ``best``: an ``eval/*`` score; the run's (or checkpoint folder's) kept checkpoint with the best
+    recorded value of it is published instead of the last. ``tags`` (and, with ``best``, that
+    checkpoint's scores and step) go on the registered version: why it is the champion.
+    """
     import mlflow
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
@@ -176,6 +182,12 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
         raise RegistryError("publish needs exactly one of a run id or a checkpoint path")
     configure_client()
     client = MlflowClient(tracking_uri=tracking_uri)
+    tags = dict(tags or {})
+    if best:
+        folder = Path(checkpoint) if checkpoint is not None else _checkpoint_folder_of(client, run_id)
+        checkpoint, scores = best_checkpoint(folder, best)
+        run_id = None
+        tags.update({**scores, "step": scores.get("eval/step", ""), "checkpoint": str(checkpoint)})
     with tempfile.TemporaryDirectory(prefix="vid2vid-publish-") as tmp:
         source = (source_from_run(client, run_id, Path(tmp)) if run_id is not None
                   else source_from_checkpoint(Path(checkpoint), Path(tmp)))
@@ -204,9 +216,44 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
                           "label_kind": model.label_kind, "label_channels": model.label_channels,
                           "has_edges": model.has_edges, "size_multiple": model.divisor})
     version = str(info.registered_model_version)
+    for key, value in tags.items():
+        if key != "eval/step":
+            client.set_model_version_tag(name, version, key, _fmt(value))
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return Published(name, version, alias, source.run_id)
+
+
+def best_checkpoint(folder: Path, metric: str) -> tuple[Path, dict[str, float]]:
+    """The kept checkpoint of run folder ``folder`` with the best recorded ``metric``, and its scores."""
+    from trainer import checkpoint as checkpoints
+    from trainer.config import EVAL_METRICS
+
+    if metric not in EVAL_METRICS:
+        raise RegistryError(f"--best {metric}: not a held-out score (known: {', '.join(EVAL_METRICS)})")
+    found = checkpoints.best_checkpoint(folder, metric)
+    if found is None:
+        raise RegistryError(f"checkpoint folder {folder}: no checkpoint records its own {metric} "
+                            "(train with eval.at_checkpoint: true)")
+    return found
+
+
+def _checkpoint_folder_of(client, run_id: str) -> Path:
+    """The checkpoint folder of a run: its ``checkpoint`` tag names the last checkpoint saved."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tag = client.get_run(run_id).data.tags.get("checkpoint", "")
+    except MlflowException as err:
+        raise RegistryError(f"run {run_id}: not found in the tracking store ({err.error_code})") from None
+    if not tag or not Path(tag).parent.is_dir():
+        raise RegistryError(f"run {run_id}: its checkpoint folder ({tag or 'no checkpoint tag'}) is not on this "
+                            "machine; publish with --checkpoint FOLDER --best METRIC")
+    return Path(tag).parent
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _signature(model) -> tuple[Any, Any]:
@@ -264,6 +311,8 @@ class ModelRow:
     aliases: list[str]
     run_id: str
     created: str
+    scores: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The version's ``eval/*`` tags: the held-out scores it was chosen by."""
 
 
 def list_models(tracking_uri: str) -> list[ModelRow]:
@@ -282,16 +331,19 @@ def list_models(tracking_uri: str) -> list[ModelRow]:
         for version in sorted(client.search_model_versions(f"name='{model.name}'"),
                               key=lambda v: int(v.version), reverse=True):
             created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc)
+            scores = {k: v for k, v in (version.tags or {}).items() if k.startswith("eval/")}
             rows.append(ModelRow(model.name, str(version.version), sorted(aliases.get(str(version.version), [])),
-                                 version.run_id or "", created.strftime("%Y-%m-%d %H:%M")))
+                                 version.run_id or "", created.strftime("%Y-%m-%d %H:%M"), scores))
     return rows
 
 
 def format_models(rows: list[ModelRow]) -> str:
     if not rows:
         return "no registered models"
-    header = ("NAME", "VERSION", "ALIASES", "RUN", "CREATED (UTC)")
-    table = [header] + [(r.name, r.version, ",".join(r.aliases) or "-", r.run_id or "-", r.created) for r in rows]
+    header = ("NAME", "VERSION", "ALIASES", "RUN", "CREATED (UTC)", "HELD-OUT SCORES")
+    table = [header] + [(r.name, r.version, ",".join(r.aliases) or "-", r.run_id or "-", r.created,
+                         " ".join(f"{k.removeprefix('eval/')}={v}" for k, v in sorted(r.scores.items())) or "-")
+                        for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
 

@@ -98,7 +98,8 @@ class CheckpointReporter:
 
     The trainer calls it on every rank after each save, in step, which is what ``ray.train.report``
     needs (every rank must report the same number of times). Metrics: the losses of the last update
-    and, from the checkpoint's ``trainer.pt``, where training is and its MLflow run.
+    and, from the checkpoint's ``trainer.pt``, the latest held-out scores (``eval/*``, with
+    ``eval.at_checkpoint`` those of this checkpoint), where training is and its MLflow run.
     """
 
     def __init__(self, rank: int, tracking_uri: str = "", parent_run_id: str = "") -> None:
@@ -111,7 +112,7 @@ class CheckpointReporter:
     @staticmethod
     def metrics(losses: dict[str, float], state: dict[str, Any]) -> dict[str, Any]:
         progress = state["progress"]
-        return {**losses, "epoch": progress["epoch"], "step": progress["step"],
+        return {**losses, **progress.get("eval", {}), "epoch": progress["epoch"], "step": progress["step"],
                 "skipped_steps": progress["skipped"], "run_id": progress["run_id"]}
 
     def __call__(self, folder: Path, losses: dict[str, float]) -> None:

@@ -80,7 +80,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def save(root: str | Path, step: int, trainer_state: dict[str, Any],
-         write_engines: Callable[[Path], None], keep: int) -> Path:
+         write_engines: Callable[[Path], None], keep: int, keep_best: str = "") -> Path:
     """Write checkpoint ``step`` (call on every rank); returns its final folder.
 
     ``write_engines(folder)`` is called on every rank and must write that rank's engine files there.
@@ -117,7 +117,7 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
         _write(staging / TRAINER_FILE, trainer_state)
         _replace(staging, final)
         _write_text(root / "latest", final.name + "\n")
-        prune(root, keep)
+        prune(root, keep, keep_best)
     dist.barrier()
     return final
 
@@ -196,10 +196,14 @@ def _restore_aside(root: Path) -> None:
             _fsync_dir(root)
 
 
-def prune(root: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and leftovers of crashed saves."""
+def prune(root: str | Path, keep: int, keep_best: str = "") -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (and the best by ``keep_best``, an
+    ``eval/*`` score), and leftovers of crashed saves."""
     root = Path(root)
+    best = best_checkpoint(root, keep_best) if keep_best else None
     for old in complete_checkpoints(root)[:-keep]:
+        if best is not None and old == best[0]:
+            continue
         # Renamed first: a crash mid-delete must not leave a step-* folder that looks complete.
         doomed = root / f"{_DELETING}{old.name.removeprefix(_ASIDE)}"
         shutil.rmtree(doomed, ignore_errors=True)
@@ -207,6 +211,25 @@ def prune(root: str | Path, keep: int) -> None:
     _fsync_dir(root)
     for leftover in [*root.glob(".partial-*"), *root.glob(f"{_DELETING}*")]:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def best_checkpoint(root: str | Path, metric: str) -> tuple[Path, dict[str, float]] | None:
+    """The complete checkpoint under ``root`` whose own recorded held-out scores are best by
+    ``metric`` (an ``eval/*`` key of ``EVAL_METRICS``), with its scores; None when none records it."""
+    from trainer.config import EVAL_METRICS
+
+    scored = []
+    for folder in complete_checkpoints(root):
+        progress = load_trainer_state(folder)["progress"]
+        scores = progress.get("eval", {})
+        # Scores taken at an earlier step describe other weights: only a checkpoint's own count.
+        value = scores.get(metric)
+        if scores.get("eval/step") == progress["step"] and value is not None and value == value:
+            scored.append((value, folder, scores))
+    if not scored:
+        return None
+    _, folder, scores = (max if EVAL_METRICS[metric] == "max" else min)(scored, key=lambda found: found[0])
+    return folder, scores
 
 
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:

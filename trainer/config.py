@@ -105,6 +105,11 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
 
 
+EVAL_METRICS = {"eval/psnr": "max", "eval/ssim": "max", "eval/warp_error": "min", "eval/warp_ratio": "min"}
+"""The held-out scores logged during training (``trainer/validation.py``) that a sweep or
+``model publish --best`` can rank by, and which way is better."""
+
+
 @dataclass
 class CheckpointConfig:
     dir: str = "checkpoints"
@@ -113,12 +118,17 @@ class CheckpointConfig:
     """Save every this many optimizer steps; 0 saves only at epoch ends."""
     keep: int = 3
     """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
+    keep_best: str = ""
+    """A held-out score (``eval/psnr`` ...; with ``eval.at_checkpoint``): the checkpoint with its best
+    recorded value is kept as well (``vid2vid model publish --best``), and Ray keeps its copies by it."""
     resume: bool = True
     """Continue from `dir`'s latest complete checkpoint when there is one."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.keep < 1:
             raise ValueError(f"every_steps must be >= 0 and keep >= 1, got {self.every_steps}, {self.keep}")
+        if self.keep_best and self.keep_best not in EVAL_METRICS:
+            raise ValueError(f"keep_best: {self.keep_best!r} is not a held-out score (known: {', '.join(EVAL_METRICS)})")
 
 
 @dataclass
@@ -174,6 +184,9 @@ class EvalConfig:
     """The same every this many seconds of training (the evaluation's own time is not counted, and
     neither does it count against ``train.time_budget_s``); 0: never. Learning curves of
     benchmarks/quality.py use this."""
+    at_checkpoint: bool = False
+    """The same right before each checkpoint: the checkpoint records the scores, and a cluster run
+    reports them to Ray with it (a sweep's ``eval/*`` metric needs them in every report)."""
 
     def __post_init__(self) -> None:
         if self.frames < 0 or self.height < 0 or self.width < 0 or self.max_clips < 0:
@@ -199,6 +212,9 @@ class Config:
 
     def __post_init__(self) -> None:
         # Cross-section limits: each section alone cannot see them.
+        if self.checkpoint.keep_best and not self.eval.at_checkpoint:
+            raise ValueError(f"checkpoint.keep_best={self.checkpoint.keep_best} needs eval.at_checkpoint: true "
+                             "(checkpoints record their scores only then)")
         if self.train.schedule.max_frames > self.data.clip_frames:
             raise ValueError(f"train.schedule.max_frames ({self.train.schedule.max_frames}) exceeds "
                              f"data.clip_frames ({self.data.clip_frames}): clips are not that long")

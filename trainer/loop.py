@@ -63,6 +63,9 @@ class Progress:
     new_params: list[int] = field(default_factory=list)
     """Indices (in ``generator.parameters()`` order) of the generator's fresh Adam param group: the
     engine is rebuilt with the same layout on resume so its optimizer state loads."""
+    eval: dict[str, float] = field(default_factory=dict)
+    """The latest held-out scores (``eval/psnr`` ...) and ``eval/step``, the step they were taken at:
+    what picks the best checkpoint of a run (``vid2vid model publish --best``)."""
 
 
 @dataclass
@@ -217,7 +220,9 @@ class _Run:
                         "skipped_steps": progress.skipped, "skipped_samples": self.loader.stats.skipped},
                         progress.step)
             self.sample_batch = batch
-            self.validation.after_batch(self.generator, self.stage, progress.step, len(results), self.tracker)
+            scores = self.validation.after_batch(self.generator, self.stage, progress.step, len(results), self.tracker)
+            if scores:
+                progress.eval = scores
             every = cfg.checkpoint.every_steps
             if every and progress.step // every > (progress.step - len(results)) // every:
                 self.save()
@@ -234,6 +239,8 @@ class _Run:
         """
         if self.progress.bad_in_row:
             return
+        if self.cfg.eval.at_checkpoint and self.progress.eval.get("eval/step") != self.progress.step:
+            self.progress.eval = self.validation.score(self.generator, self.stage, self.progress.step, self.tracker)
         # Metrics up to a checkpoint go out with it: a worker lost after this save restarts from it,
         # and its buffered metrics would be gone. The wait is short so that a hung tracking server
         # cannot stall training; it also makes the run id known before the state records it.
@@ -247,7 +254,7 @@ class _Run:
         if dist.broadcast(_only_position_moved(self.last_save, self.progress.step, state)):
             write_engines = checkpoint.reuse_engine_files(self.last_save)
         self.last_save = checkpoint.save(self.cfg.checkpoint.dir, self.progress.step, state, write_engines,
-                                         self.cfg.checkpoint.keep)
+                                         self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_best)
         self.tracker.set_tag("checkpoint", str(self.last_save.resolve()))
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.last_save, self.last_losses)

@@ -1,10 +1,12 @@
-"""Held-out scores during training: every ``eval.every_steps`` steps or ``eval.every_s`` seconds.
+"""Held-out scores during training: every ``eval.every_steps`` steps, ``eval.every_s`` seconds, or
+right before each checkpoint (``eval.at_checkpoint``: what a sweep ranks trials and checkpoints by).
 
 Rank 0 generates every clip of the ``eval.split`` split from its labels alone (as ``vid2vid eval``
 does, with the same scoring code, ``trainer.evaluate``), with the averaged weights that are exported
 (``trainer.average``), at the current stage's size, logs ``eval/*``
 at that step and appends a line to ``<checkpoint.dir>/eval.jsonl`` (step, seconds of training, stage,
-scores): a learning curve on held-out data in one run. The other ranks wait for it; the time it takes
+scores): a learning curve on held-out data in one run. Every rank gets the scores (the checkpoint
+records the latest, and the cluster reports them to Ray with it). The other ranks wait; the time it takes
 is handed back to the time budget on every rank, so equal budgets still mean equal training.
 
 It changes nothing a checkpoint holds: no weights, no optimizer state, no random stream (generation
@@ -40,7 +42,7 @@ class Validation:
 
     def __init__(self, cfg: Config, budget: TimeBudget, average: WeightAverage) -> None:
         self.cfg, self.budget, self.average = cfg, budget, average
-        self.enabled = bool(cfg.eval.every_steps or cfg.eval.every_s)
+        self.enabled = bool(cfg.eval.every_steps or cfg.eval.every_s or cfg.eval.at_checkpoint)
         self.path = Path(cfg.checkpoint.dir) / CURVE_FILE
         self._next_s = cfg.eval.every_s
         self._loader: Any = None
@@ -50,29 +52,35 @@ class Validation:
             try:  # now, not after the first stretch of training
                 reader.list_shards(cfg.data.shards, cfg.eval.split, reader.manifest_or_none(cfg.data.shards))
             except FileNotFoundError as err:
-                raise ValueError(f"eval.every_steps/every_s: {err} (eval.split={cfg.eval.split})") from None
+                raise ValueError(f"eval: {err} (eval.split={cfg.eval.split})") from None
 
-    def after_batch(self, generator: Generator, stage: Stage, step: int, steps_in_batch: int, tracker: Any) -> None:
+    def after_batch(self, generator: Generator, stage: Stage, step: int, steps_in_batch: int,
+                    tracker: Any) -> dict[str, float] | None:
         """Score now if a multiple of ``eval.every_steps`` was passed in this batch, or ``eval.every_s``
-        more seconds of training went by (rank 0's clock decides for every rank)."""
-        if not self.enabled:
-            return
+        more seconds of training went by (rank 0's clock decides for every rank); the scores, or None."""
+        if not (self.cfg.eval.every_steps or self.cfg.eval.every_s):
+            return None
         every = self.cfg.eval.every_steps
         due = bool(every) and step // every > (step - steps_in_batch) // every
         if self.cfg.eval.every_s and self.budget.elapsed() >= self._next_s:
             due = True
         if not dist.broadcast(due):
-            return
+            return None
+        scores = self.score(generator, stage, step, tracker)
+        while self.cfg.eval.every_s and self._next_s <= self.budget.elapsed():
+            self._next_s += self.cfg.eval.every_s
+        return scores
+
+    def score(self, generator: Generator, stage: Stage, step: int, tracker: Any) -> dict[str, float]:
+        """Score now (every rank calls it; rank 0 works): ``eval/*`` and ``eval/step``, on every rank."""
         started = time.monotonic()
-        if dist.is_main():
-            self._score(generator, stage, step, tracker)
+        scores = self._score(generator, stage, step, tracker) if dist.is_main() else {}
         dist.barrier()
         spent = dist.broadcast(time.monotonic() - started)
         self.budget.exclude(spent)
-        while self.cfg.eval.every_s and self._next_s <= self.budget.elapsed():
-            self._next_s += self.cfg.eval.every_s
+        return dist.broadcast(scores)
 
-    def _score(self, generator: Generator, stage: Stage, step: int, tracker: Any) -> None:
+    def _score(self, generator: Generator, stage: Stage, step: int, tracker: Any) -> dict[str, float]:
         started = time.monotonic()
         loader = self._loader_for(stage)
         dtype = next(generator.parameters()).dtype
@@ -98,6 +106,7 @@ class Validation:
             out.write(json.dumps(line) + "\n")
         log.info("eval at step %d (%.0f s of training): %s", step, line["train_s"],
                  report.summary().splitlines()[0])
+        return {**{f"eval/{k}": float(v) for k, v in scores.items()}, "eval/step": step}
 
     def _loader_for(self, stage: Stage):
         from dataio.loader import build_loader

@@ -1,8 +1,19 @@
-"""`vid2vid sweep` on an embedded Ray: Tune + ASHA over the demo sweep's keys, each trial a Ray Train
-run, MLflow parent and child runs, the best trial's generator published as `champion`."""
+"""`vid2vid sweep` on an embedded Ray: Tune + ASHA on held-out PSNR, each trial a Ray Train run that
+scores the val clips before every checkpoint, MLflow parent and child runs, the best trial's best
+checkpoint published as `champion` with its scores.
+
+Two sweeps of the demo config (real data, real Ray, real MLflow on sqlite):
+  A  4 trials, 2 at a time, over a learning-rate grid (two that learn, two that barely move): more
+     trials than run at once (finished trials must give their CPUs back), ASHA stops the two that
+     barely move at their first report, whatever the order (the trials are CPU-reproducible, and
+     they score below both others).
+  B  the README's search, interrupted with SIGINT after the first report: nothing is published.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,55 +24,121 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "sweep_demo.yaml"
 BIN = Path(sys.executable).parent
+GRID = "sweep.search={train.generator.lr: {grid: [1.0e-3, 3.0e-4, 1.0e-8, 1.0e-9]}}"
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def env() -> dict[str, str]:
+    found = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
+                 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
+                 TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                     str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
+    found.pop("RAY_ADDRESS", None)
+    return found
+
+
+def sweep_command(work: Path, *overrides: str) -> list[str]:
+    return [str(BIN / "vid2vid"), "sweep", "--config", str(CONFIG), f"data.shards={work}/shards",
+            f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"cluster.storage_path={work}/runs",
+            f"cluster.temp_dir={work}/ray", f"checkpoint.dir={work}/checkpoints", *overrides]
+
+
+def workdir() -> Path:
     work = Path(tempfile.mkdtemp(prefix="v2vsweep-", dir="/tmp"))  # short: Ray's sockets live under it
     from cluster.config import load
     from dataio import pack, synth
     cfg = load(CONFIG, [f"data.shards={work}/shards", f"data.synth.out={work}/synth", f"data.pack.source={work}/synth"])
     synth.generate(cfg.data.synth)
     pack.pack(cfg.data, progress=False)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
-    env.pop("RAY_ADDRESS", None)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = subprocess.run(
-        [str(BIN / "vid2vid"), "sweep", "--config", str(CONFIG), f"data.shards={work}/shards",
-         "sweep.num_samples=2", f"tracking.uri={uri}", f"cluster.storage_path={work}/runs",
-         f"cluster.temp_dir={work}/ray", f"checkpoint.dir={work}/checkpoints"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=540)
+    return work
+
+
+@pytest.fixture(scope="module")
+def swept() -> dict:
+    work = workdir()
+    proc = subprocess.run(sweep_command(work, GRID, "sweep.num_samples=1"), cwd=work, env=env(),
+                          capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    yield {"out": proc.stdout, "uri": uri}
-    import shutil
+    yield {"out": proc.stdout, "uri": f"sqlite:///{work / 'mlflow.db'}", "work": work}
     shutil.rmtree(work, ignore_errors=True)
 
 
-def test_table_of_trials_and_the_best_published(swept: dict) -> None:
-    lines = swept["out"].splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["TRIAL"])
-    assert lines[header].split() == ["TRIAL", "train.generator.lr", "train.discriminator.lr", "model.generator.ngf",
-                                     "model.loss.temporal_gan", "g/flow", "REPORTS", "STATUS", "RUN"]
-    rows = [line.split() for line in lines[header + 1:header + 3]]
-    assert rows[0][0] == "*" and all(row[-2] == "done" for row in rows)
-    assert "published models:/vid2vid-sweep@champion (version 1)" in swept["out"]
+def table(out: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of the trials table, each row without the best's leading "*"."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["TRIAL"])
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("ranked by"))
+    rows = [line.split() for line in lines[start + 1:end]]
+    return lines[start].split(), [row[1:] if row[0] == "*" else row for row in rows]
 
 
-def test_mlflow_parent_with_a_child_run_per_trial(swept: dict) -> None:
+def test_a_line_per_trial_and_asha_stops_the_trials_that_barely_learn(swept: dict) -> None:
+    out = swept["out"]
+    assert sum(" started: train.generator.lr=" in line for line in out.splitlines()) == 4
+    header, rows = table(out)
+    assert header == ["TRIAL", "train.generator.lr", "eval/psnr", "AT", "STEP", "eval/ssim", "eval/warp_error",
+                      "eval/warp_ratio", "REPORTS", "STATUS", "RUN"]
+    # trial, lr, psnr, step, ssim, warp error, warp ratio, reports, status (one or two words), run
+    states = {row[1]: (row[7], " ".join(row[8:-1])) for row in rows}
+    # 0.0003 scores below 0.001 at the first report: stopped if it reports second (timing decides).
+    assert states.pop("0.0003") in (("2", "done"), ("1", "stopped early"))
+    assert states == {"0.001": ("2", "done"), "1e-08": ("1", "stopped early"), "1e-09": ("1", "stopped early")}
+    best_line = next(line for line in out.splitlines() if line.split()[:1] == ["*"])
+    assert best_line.split()[2] == "0.001"
+    assert "ranked by the best eval/psnr of any report (held-out, all at 32x64)" in out
+    best = next(line for line in out.splitlines() if line.startswith("best: "))
+    worst = next(line for line in out.splitlines() if line.startswith("worst: "))
+    assert "eval/psnr" in best and "best - worst = +" in worst
+
+
+def test_the_best_by_held_out_psnr_read_back_from_mlflow_is_the_champion(swept: dict) -> None:
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=swept["uri"])
     runs = client.search_runs([client.get_experiment_by_name("vid2vid-sweep").experiment_id])
-    parents = [r for r in runs if r.info.run_name.startswith("sweep-")]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent = parents[0]
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep-"))
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and len(runs) == 3
-    best = parent.data.tags["best_run_id"]
-    assert best in {c.info.run_id for c in children}
-    assert parent.data.params["sweep.metric"] == "g/flow"
+    assert parent.info.status == "FINISHED" and len(children) == 4 and len(runs) == 5
+    # ASHA killed trials mid-run: their runs end KILLED, not RUNNING forever.
+    statuses = sorted(c.info.status for c in children)
+    assert statuses in (["FINISHED", "FINISHED", "KILLED", "KILLED"], ["FINISHED", "KILLED", "KILLED", "KILLED"])
+    # Each child's best held-out PSNR, and the step of it, from what the trials logged themselves.
+    best_of = {c.info.run_id: max(client.get_metric_history(c.info.run_id, "eval/psnr"), key=lambda m: m.value)
+               for c in children}
+    winner = max(best_of, key=lambda run_id: best_of[run_id].value)
+    assert parent.data.tags["best_run_id"] == winner
+    assert parent.data.metrics["best/eval/psnr"] == pytest.approx(best_of[winner].value)
+    assert parent.data.params["sweep.metric"] == "eval/psnr"
     champion = client.get_model_version_by_alias("vid2vid-sweep", "champion")
-    assert champion.run_id == best
-    assert f"MLflow run {best}" in swept["out"]
+    assert champion.run_id == winner
+    assert float(champion.tags["eval/psnr"]) == pytest.approx(best_of[winner].value, rel=1e-5)
+    assert int(champion.tags["step"]) == best_of[winner].step and "eval/ssim" in champion.tags
+    trials = client.download_artifacts(parent.info.run_id, "trials.txt", str(swept["work"]))
+    assert Path(trials).read_text().splitlines()[0].split()[:2] == ["TRIAL", "train.generator.lr"]
+    listed = subprocess.run([str(BIN / "vid2vid"), "model", "list", "--tracking-uri", swept["uri"]],
+                            env=env(), capture_output=True, text=True, timeout=120)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("vid2vid-sweep"))
+    assert f"psnr={champion.tags['eval/psnr']}" in row, listed.stdout
+
+
+def test_an_interrupted_sweep_says_so_and_publishes_nothing() -> None:
+    work = workdir()
+    try:
+        proc = subprocess.Popen(sweep_command(work), cwd=work, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in proc.stdout:  # the README's search; Ctrl-C once a trial has reported
+            seen.append(line)
+            if " report 1: " in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=300)
+        out = "".join(seen) + rest
+        assert proc.returncode == 130, out[-3000:] + err[-3000:]
+        assert "nothing published" in err and "interrupted" in out
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+        assert client.search_registered_models() == []
+        parent = next(r for r in client.search_runs([client.get_experiment_by_name("vid2vid-sweep").experiment_id])
+                      if r.info.run_name.startswith("sweep-"))
+        assert parent.info.status == "KILLED"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -65,6 +65,8 @@ def train_command(work: Path, shards: Path, tracking: str) -> list[str]:
     return [str(BIN / "vid2vid"), "train", "--config", str(CONFIG),
             f"data.shards={shards / 'shards'}", "train.generator.zero_stage=2", "train.discriminator.zero_stage=2",
             "checkpoint.every_steps=2", "checkpoint.keep=4", f"tracking.uri={tracking}",
+            # held-out scores before each checkpoint (the tiny shards have no val split: the train clips)
+            "eval.at_checkpoint=true", "eval.split=train", "checkpoint.keep_best=eval/psnr",
             f"cluster.name={NAME}", "cluster.num_workers=2", "cluster.max_failures=1",
             f"cluster.storage_path={work / 'ray-storage'}", f"cluster.temp_dir={work / 'ray'}"]
 
@@ -202,6 +204,28 @@ def test_publish_fetch_generate_from_other_processes(trained: dict, tmp_path: Pa
     info = probe(tmp_path / "out.mp4")
     assert (info["frames"], info["height"], info["width"]) == (8, 32, 128)  # 8 label maps, labels | output
     assert decode(tmp_path / "out.mp4")[:, :, 64:].std() > 1.0  # the generated half is not blank
+
+
+def test_publish_the_best_checkpoint_by_a_held_out_score(trained: dict, tmp_path: Path) -> None:
+    """`model publish --run RUN --best eval/psnr`: the run's kept checkpoint with the best recorded
+    PSNR, its scores on the registered version and in `model list`."""
+    from mlflow.tracking import MlflowClient
+
+    from trainer.checkpoint import best_checkpoint
+    tracking, run_id = trained["tracking"], run_id_of(trained["output"])
+    published = cli("model", "publish", "--run", run_id, "--best", "eval/psnr", "--name", "tiny-best",
+                    "--alias", "best", "--tracking-uri", tracking, cwd=tmp_path)
+    assert published.returncode == 0, published.stderr[-4000:]
+    folder, scores = best_checkpoint(trained["work"] / "checkpoints" / "tiny" / NAME, "eval/psnr")
+    version = MlflowClient(tracking_uri=tracking).get_model_version_by_alias("tiny-best", "best")
+    assert version.run_id == run_id and version.tags["checkpoint"] == str(folder)
+    assert float(version.tags["eval/psnr"]) == pytest.approx(scores["eval/psnr"], rel=1e-5)
+    listed = cli("model", "list", "--tracking-uri", tracking, cwd=tmp_path)
+    assert any(line.split()[:3] == ["tiny-best", "1", "best"] and f"psnr={version.tags['eval/psnr']}" in line
+               for line in listed.stdout.splitlines()), listed.stdout
+    refused = cli("model", "publish", "--run", run_id, "--best", "eval/fid", "--name", "x", "--tracking-uri", tracking,
+                  cwd=tmp_path)
+    assert refused.returncode != 0 and "--best eval/fid: not a held-out score" in refused.stderr
 
 
 PYFUNC = """

@@ -2,11 +2,12 @@
 
 Launches (each ~40 s on 2 busy cores), shared by the checks below:
   A  the tiny config end to end: 3 epochs, two stage changes (a new scale trained alone, then jointly
-     with longer clips), checkpoints every 2 steps, held-out scores every 3 steps, MLflow on sqlite,
-     export.
-  B  a fresh process resumed from A's step-2 checkpoint (a stage boundary, so the resumed run goes
-     through both engine rebuilds), scoring nothing: it must reproduce A's losses and final weights
-     exactly, so A's scoring changed nothing of its training.
+     with longer clips), checkpoints every 2 steps, held-out scores every 3 steps and at each
+     checkpoint, MLflow on sqlite, export.
+  B  fresh processes resumed from A's step-2 checkpoint (a stage boundary, so the resumed run goes
+     through both engine rebuilds), scoring nothing, and from its step-4 one, scoring as A did: each
+     must reproduce A's losses and final weights exactly (so scoring changes nothing of training),
+     the second also A's scores.
   C  resumed from A's step-2 checkpoint with a learning rate of 1e30: losses go non-finite, steps are
      skipped, training stops with an error naming the terms, the checkpoint is left as it was.
 """
@@ -28,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_train.yaml"
 ZERO2 = ["train.generator.zero_stage=2", "train.discriminator.zero_stage=2",
          "checkpoint.every_steps=2", "checkpoint.keep=4"]
+# The tiny shards have no val split: score the train clips (unaugmented, as a val split would be).
+SCORING = ["eval.every_steps=3", "eval.at_checkpoint=true", "eval.split=train"]
 
 
 def trainer_run(workdir: Path, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -73,8 +76,7 @@ def run_a(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> Path:
     from trainer.tracking import prepare_store
     prepare_store(TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="tiny",
                                  artifact_location=str(work / "mlruns")))  # once, before the workers start
-    # The tiny shards have no val split: score the train clips (unaugmented, as a val split would be).
-    proc = trainer_run(work, *ZERO2, "eval.every_steps=3", "eval.split=train")
+    proc = trainer_run(work, *ZERO2, *SCORING)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "done: epochs=3 steps=8 skipped=0" in proc.stdout
     return work
@@ -102,11 +104,20 @@ def test_losses_stages_and_tracking(run_a: Path) -> None:
 
 
 def test_held_out_scores_during_training(run_a: Path) -> None:
-    """eval.every_steps=3: scored when steps 3 and 6 were passed (batches of 1-2 steps), at the stage's
-    size, logged as eval/* at that step and as a learning curve beside the checkpoints."""
-    curve = [json.loads(line) for line in (run_a / "checkpoints" / "tiny" / "eval.jsonl").read_text().splitlines()]
-    assert [p["step"] for p in curve] == sorted(metric_history(run_a, "eval/psnr"))
-    assert len(curve) == 2 and curve[0]["step"] >= 3 and curve[1]["step"] >= 6
+    """eval.every_steps=3 and eval.at_checkpoint: scored when steps 3 and 6 were passed (batches of 1-2
+    steps) and before each checkpoint (once a step: not again at the epoch end's save of the same
+    step), at the stage's size, logged as eval/* at that step and as a learning curve beside the
+    checkpoints; each checkpoint records its own scores."""
+    from trainer import checkpoint
+    root = run_a / "checkpoints" / "tiny"
+    curve = [json.loads(line) for line in (root / "eval.jsonl").read_text().splitlines()]
+    steps = [p["step"] for p in curve]
+    assert steps == sorted(metric_history(run_a, "eval/psnr")) and len(set(steps)) == len(steps)
+    assert {2, 4, 6, 8} <= set(steps)
+    for folder in checkpoint.complete_checkpoints(root):
+        recorded = checkpoint.load_trainer_state(folder)["progress"]["eval"]
+        point = next(p for p in curve if p["step"] == recorded["eval/step"])
+        assert folder.name == f"step-{point['step']:09d}" and recorded["eval/psnr"] == pytest.approx(point["psnr"])
     assert [(p["height"], p["width"]) for p in curve] == [(16, 32) if p["scale"] == 0 else (32, 64) for p in curve]
     for point in curve:
         assert point["clips"] == 8 and 0 < point["psnr"] < 100 and 0 < point["ssim"] <= 1 and point["warp_ratio"] > 0
@@ -170,20 +181,24 @@ def copy_checkpoint(run_a: Path, work: Path, step: int) -> Path:
     return target / name
 
 
-@pytest.mark.parametrize("step", [
-    2,  # end of epoch 0: the next epoch trains the new scale 1 alone (no parameter keeps training)
-    4,  # end of epoch 1: the next releases scale 0 to train with scale 1, whose Adam moments carry over
+@pytest.mark.parametrize("step,scoring", [
+    (2, []),       # end of epoch 0: the next epoch trains the new scale 1 alone (no parameter keeps training)
+    (4, SCORING),  # end of epoch 1: the next releases scale 0 to train with scale 1, whose Adam moments carry over
 ])
-def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path, step: int) -> None:
+def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path, step: int,
+                                                 scoring: list[str]) -> None:
     work = workdir_with(tmp_path, shards)
     copy_checkpoint(run_a, work, step)
-    proc = trainer_run(work, *ZERO2)
+    proc = trainer_run(work, *ZERO2, *scoring)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert f"resumed from checkpoints/tiny/step-{step:09d}" in proc.stderr
     for key in ("g/total", "d/total", "g/flow"):
         uninterrupted, resumed = metric_history(run_a, key), metric_history(work, key)
         assert sorted(resumed) == list(range(step + 1, 9))
         assert {s: uninterrupted[s] for s in resumed} == resumed, key
+    if scoring:  # the same weights scored on the same clips: the same scores
+        resumed = metric_history(work, "eval/psnr")
+        assert resumed and resumed == {s: metric_history(run_a, "eval/psnr")[s] for s in resumed}
     a = torch.load(run_a / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
     b = torch.load(work / "checkpoints" / "tiny" / "export" / "generator.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,15 +1,19 @@
-"""The pure parts of `vid2vid sweep`: search space, trial configs, the best trial and the table."""
+"""The pure parts of `vid2vid sweep`: search space, trial configs, trial states, the best trial and the table."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from cluster.config import load
-from cluster.sweep import TrialRow, best_trial, check_search, format_table, trial_config, tune_space
+from cluster.sweep import (STOPPED_EARLY, TrialRow, TrialWatch, best_trial, check_search, format_table, trial_config,
+                           tune_space)
 from trainer.config_tree import ConfigError, to_dict
 
 REPO = Path(__file__).resolve().parents[3]
+CONFIG = REPO / "configs" / "sweep_demo.yaml"
 
 
 def base() -> dict:
@@ -48,21 +52,74 @@ def test_trial_config_has_its_values_name_and_folder() -> None:
     assert cfg.checkpoint.dir == "/ckpt/sweep-demo-abc_00001" and cfg.tracking.run_name == "run_trial_abc_00001"
 
 
-ROWS = [TrialRow("t0", {"lr": 1e-4}, 120.0, 2, "done", "r0"),
-        TrialRow("t1", {"lr": 5e-4}, 50.0, 1, "done", "r1"),   # stopped early by ASHA at a coarser stage
-        TrialRow("t2", {"lr": 2e-4}, 100.0, 2, "done", "r2"),
-        TrialRow("t3", {"lr": 9e-4}, None, 0, "error", "")]
+ROWS = [TrialRow("t0", {"lr": 1e-4}, "done", reports=2, best=120.0, best_step=4, run_id="r0"),
+        TrialRow("t1", {"lr": 5e-4}, STOPPED_EARLY, reports=1, best=50.0, best_step=2, run_id="r1"),
+        TrialRow("t2", {"lr": 2e-4}, "done", reports=2, best=100.0, best_step=4, run_id="r2"),
+        TrialRow("t3", {"lr": 9e-4}, "error")]
 
 
-def test_best_is_chosen_among_trials_that_ran_to_the_end() -> None:
-    assert best_trial(ROWS, "min").trial == "t2"
-    assert best_trial(ROWS, "max").trial == "t0"
-    assert best_trial([ROWS[3]], "min") is None
+def test_a_loss_is_compared_only_among_trials_that_ran_to_the_end() -> None:
+    """A loss at a coarser stage (t1, stopped by ASHA) says nothing against the finished trials'."""
+    assert best_trial(ROWS, "min", any_report=False).trial == "t2"
+    assert best_trial(ROWS, "max", any_report=False).trial == "t0"
+    assert best_trial([ROWS[3]], "min", any_report=False) is None
+
+
+def test_held_out_scores_at_one_size_compare_every_trial() -> None:
+    assert best_trial(ROWS, "min", any_report=True).trial == "t1"
 
 
 def test_table_lists_every_trial_best_first() -> None:
-    best = best_trial(ROWS, "min")
-    lines = format_table(ROWS, "g/flow", best).splitlines()
-    assert lines[0].split() == ["TRIAL", "lr", "g/flow", "REPORTS", "STATUS", "RUN"]
-    assert lines[1].split()[:3] == ["*", "t2", "0.0002"]
+    best = best_trial(ROWS, "min", any_report=False)
+    lines = format_table(ROWS, "g/flow", "min", best).splitlines()
+    assert lines[0].split() == ["TRIAL", "lr", "g/flow", "AT", "STEP", "REPORTS", "STATUS", "RUN"]
+    assert lines[1].split()[:5] == ["*", "t2", "0.0002", "100", "4"]
+    assert lines[2].split()[0] == "t1" and "stopped early" in lines[2]
     assert len(lines) == 5 and "error" in lines[-1]
+
+
+def trial(trial_id: str, status: str, lr: float) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, status=status, config={"lr": lr}, path=f"/runs/{trial_id}")
+
+
+def report(psnr: float, step: int, epoch: int) -> dict:
+    return {"eval/psnr": psnr, "eval/ssim": 0.5, "step": step, "epoch": epoch, "run_id": "run",
+            "checkpoint_path": f"/runs/step-{step}"}
+
+
+def test_each_trial_ranked_by_its_best_report_and_its_true_state() -> None:
+    """A trial's best checkpoint, not its last; Tune marks the trials it stops at an interrupt
+    TERMINATED, but only completed trials are done (or stopped early by ASHA)."""
+    said: list[str] = []
+    watch = TrialWatch("eval/psnr", epochs=2, say=said.append)
+    hooks = watch.callback()
+    trials = [trial("a", "TERMINATED", 1e-3), trial("b", "TERMINATED", 1e-4), trial("c", "TERMINATED", 2e-4),
+              trial("d", "PENDING", 3e-4), trial("e", "ERROR", 4e-4)]
+    hooks.on_step_begin(0, trials)
+    for t in trials[:3] + trials[4:]:
+        hooks.on_trial_start(0, trials, t)
+    for t, reports in ((trials[0], [report(12.0, 2, 1), report(11.0, 4, 2)]), (trials[1], [report(10.0, 2, 1)]),
+                       (trials[2], [report(9.0, 2, 1)])):
+        for r in reports:
+            hooks.on_trial_result(0, trials, t, r)
+    hooks.on_trial_complete(0, trials, trials[0])
+    hooks.on_trial_complete(0, trials, trials[1])
+    hooks.on_trial_error(0, trials, trials[4])
+    rows = {r.trial: r for r in watch.rows(["lr"], "max", any_report=True)}
+    assert {k: r.status for k, r in rows.items()} == {"a": "done", "b": STOPPED_EARLY, "c": "interrupted",
+                                                        "d": "not started", "e": "error"}
+    assert (rows["a"].best, rows["a"].best_step, rows["a"].checkpoint) == (12.0, 2, "/runs/step-2")
+    assert rows["a"].scores == {"eval/psnr": 12.0, "eval/ssim": 0.5}
+    assert best_trial(list(rows.values()), "max", any_report=True).trial == "a"
+    assert "trial a started: lr=0.001" in said and "trial b stopped early after 1 report(s)" in said
+    assert "trial a report 2: eval/psnr 11 (epoch 2, step 4)" in said
+
+
+@pytest.mark.parametrize("sweep,words", [
+    ({"metric": "eval/fid"}, "unknown held-out score 'eval/fid'"),
+    ({"metric": "eval/psnr", "mode": "min"}, "a higher eval/psnr is better, so mode must be 'max'"),
+    ({"metric": "eval/warp_ratio", "mode": "max"}, "a lower eval/warp_ratio is better"),
+])
+def test_a_held_out_metric_is_known_and_its_direction_right(sweep: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load(CONFIG, [f"sweep.{k}={v}" for k, v in sweep.items()])

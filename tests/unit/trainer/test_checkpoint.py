@@ -32,6 +32,25 @@ def test_save_keeps_last_k_and_points_latest(tmp_path: Path) -> None:
     assert state == {"step": 40, "config": {"a": [1, 2]}}
 
 
+def scored(step: int, psnr: float, at: int | None = None) -> dict:
+    """A trainer state whose held-out scores were taken at step ``at`` (its own step by default)."""
+    return {"progress": {"step": step, "eval": {"eval/psnr": psnr, "eval/warp_ratio": 10.0 - psnr,
+                                                "eval/step": step if at is None else at}}}
+
+
+def test_the_best_scored_checkpoint_outlives_newer_ones(tmp_path: Path) -> None:
+    """keep=2 with keep_best: the newest two plus the best by its own recorded score; scores carried
+    from an earlier step (a checkpoint saved without scoring) do not count for it."""
+    for step, psnr, at in ((10, 20.0, None), (20, 25.0, None), (30, 21.0, None), (40, 25.0, 20), (50, 22.0, None)):
+        checkpoint.save(tmp_path, step, scored(step, psnr, at), write_engines, keep=2, keep_best="eval/psnr")
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == [
+        "step-000000020", "step-000000040", "step-000000050"]
+    best, scores = checkpoint.best_checkpoint(tmp_path, "eval/psnr")
+    assert best.name == "step-000000020" and scores["eval/psnr"] == 25.0
+    assert checkpoint.best_checkpoint(tmp_path, "eval/warp_ratio")[0].name == "step-000000020"  # lower is better
+    assert checkpoint.best_checkpoint(tmp_path, "eval/ssim") is None
+
+
 def test_rng_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(3)
     random.seed(3)
