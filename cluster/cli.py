@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -363,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], int] = args.func
+    _show_our_warnings()
     try:
         return func(args)
     except ConfigError as err:
@@ -371,6 +373,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"vid2vid: {err}", file=sys.stderr)
         return 1
+
+
+def _show_our_warnings() -> None:
+    """Our packages' warnings on stderr, whatever a library does to the root logger (loading an
+    MLflow PyTorch model leaves it at ERROR)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vid2vid: warning: %(message)s"))
+    for package in ("cluster", "trainer", "dataio", "models"):
+        logger = logging.getLogger(package)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -1,8 +1,10 @@
 """The MLflow model registry: publish a trained generator, list models, fetch one with its run's files.
 
-A published version is the exported generator wrapped as ``cluster.video_model.VideoGenerator`` and
-logged with MLflow's PyTorch flavour into the training run (so the run's sample videos and config sit
-beside it), registered under a name and pointed at by an alias (``champion``).
+A published version is an MLflow "model from code" (``cluster/pyfunc_model.py``: the generator's
+weights as a plain state dict and its description as JSON, no pickle) logged into the training run (so
+the run's sample videos and config sit beside it), registered under a name and pointed at by an alias
+(``champion``). Versions published before were pickles of ``VideoGenerator`` (MLflow's PyTorch
+flavour): they still load, with a warning that says how to republish.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "generator"
 """Artifact name of the logged model inside its run."""
 PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-"""MLflow refuses to unpickle a model unless this is true (see video_model.py for why it is pickled)."""
+"""MLflow's switch for unpickling models: only versions published before models from code need it."""
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 _ANY_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 """An MLflow model URI of any scheme: models:/, runs:/, s3://, file:/ ..."""
@@ -141,13 +143,25 @@ def load_video_model(model: str, device: str):
     if not _ANY_URI.match(model):
         raise RegistryError(f"model {model}: no such file or folder, and not a model URI "
                             "(models:/NAME@ALIAS, runs:/RUN_ID/generator, ...)")
+    return _load_logged_model(model, device)
+
+
+def _load_logged_model(uri: str, device: str):
+    """A published model's ``VideoGenerator``: from a model from code without any unpickling; from
+    an older pickled version (PyTorch flavour) with a warning."""
+    import mlflow.pyfunc
+    from mlflow.models import get_model_info
+
+    if "pytorch" not in get_model_info(uri).flavors:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().video.to(device).eval()
     import os
 
     import mlflow.pytorch
 
-    # Our own registry's models are pickled (video_model.py says why): allow it for this load.
+    log.warning("%s was published as a pickle (before models from code): loading it runs code from the "
+                "registry; republish it pickle-free with: vid2vid model publish --run RUN_ID --name NAME", uri)
     os.environ.setdefault(PICKLE_ENV, "true")
-    return mlflow.pytorch.load_model(model, map_location=device).to(device).eval()
+    return mlflow.pytorch.load_model(uri, map_location=device).to(device).eval()
 
 
 def video_model(export: Path, config: dict[str, Any]):
@@ -175,7 +189,7 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
     checkpoint's scores and step) go on the registered version: why it is the champion.
     """
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
     if (run_id is None) == (checkpoint is None):
@@ -206,11 +220,12 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
                 from cluster.worker import redacted_yaml
                 client.log_text(source.run_id, redacted_yaml(source.config), "config.yaml")
             client.set_terminated(source.run_id)
+        artifacts = _model_files(source.export, model, Path(tmp))
         with mlflow.start_run(run_id=source.run_id):
-            info = mlflow.pytorch.log_model(
-                model, name=MODEL_NAME, signature=signature, input_example=example,
-                registered_model_name=name, serialization_format="pickle",
-                code_paths=[str(REPO / "cluster"), str(REPO / "models"), str(REPO / "dataio")],
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME, python_model=str(REPO / "cluster" / "pyfunc_model.py"), artifacts=artifacts,
+                signature=signature, input_example=example, registered_model_name=name,
+                code_paths=[str(REPO / package) for package in ("cluster", "models", "dataio", "trainer")],
                 pip_requirements=_requirements(),
                 metadata={"labels": model.labels.to_dict(), "num_classes": model.num_classes,
                           "label_kind": model.label_kind, "label_channels": model.label_channels,
@@ -222,6 +237,23 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return Published(name, version, alias, source.run_id)
+
+
+def _model_files(export: Path, model, folder: Path) -> dict[str, str]:
+    """``weights.pt`` (the state dict) and ``generator.json`` (the rest of the export, with the label
+    spec the model was built with) for ``cluster/pyfunc_model.py``."""
+    import json
+
+    import torch
+
+    from cluster.video_model import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
+    from trainer.export import split_export
+
+    state, description = split_export(export)
+    description["labels"] = model.labels.to_dict()  # an older export's, rebuilt from the run's config
+    torch.save(state, folder / "weights.pt")
+    (folder / "generator.json").write_text(json.dumps(description, indent=1))
+    return {WEIGHTS_ARTIFACT: str(folder / "weights.pt"), CONFIG_ARTIFACT: str(folder / "generator.json")}
 
 
 def best_checkpoint(folder: Path, metric: str) -> tuple[Path, dict[str, float]]:
@@ -276,7 +308,9 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     torch_version = version("torch").split("+")[0]
-    return [f"torch=={torch_version}", f"numpy=={version('numpy')}", f"mlflow=={version('mlflow')}"]
+    # opencv: the flow prior (models/label_flow.py) runs DIS optical flow on the label maps.
+    return [f"torch=={torch_version}", f"numpy=={version('numpy')}", f"mlflow=={version('mlflow')}",
+            f"opencv-python-headless=={version('opencv-python-headless')}", f"pyyaml=={version('pyyaml')}"]
 
 
 def _run_exists(client, run_id: str) -> bool:

@@ -1,14 +1,13 @@
-"""The published model: label video in, RGB video out, any batch, length and (divisible) size.
+"""The generator as a video model: label video in, RGB video out, any batch, length and (divisible) size.
 
-Logged with MLflow's PyTorch flavour, so ``mlflow.pyfunc.load_model(uri).predict(labels)`` works:
-``labels`` float32 [B, T, C, H, W] (one-hot classes, then the instance-edge channel when the model
-has one: what the training loader produces), result uint8 [B, T, H, W, 3] RGB.
+What ``vid2vid generate`` and ``eval`` run, and what the registered model (``cluster/pyfunc_model.py``)
+wraps: ``labels`` float32 [B, T, C, H, W] (one-hot classes, then the instance-edge channel when the
+model has one: what the training loader produces), result uint8 [B, T, H, W, 3] RGB.
 
-Why pickle and not MLflow's default ``pt2`` (torch.export): the generator is sequential, frame t
-reads the outputs of frames t-L..t-1, so its forward is a Python loop over T. torch.export unrolls
-that loop for the example's length and the loaded model accepts no other; the signature could not
-keep T dynamic. The pickled module needs this file and ``models/`` importable, which the model
-carries (``code_paths``).
+Why a model from code and not MLflow's default ``pt2`` (torch.export): the generator is sequential,
+frame t reads the outputs of frames t-L..t-1, so its forward is a Python loop over T. torch.export
+unrolls that loop for the example's length and the loaded model accepts no other; the signature could
+not keep T dynamic. Versions published before models from code pickled this module.
 """
 from __future__ import annotations
 
@@ -19,6 +18,10 @@ from torch import Tensor, nn
 
 from dataio.labels import LabelSpec
 from models.generator import Generator
+
+WEIGHTS_ARTIFACT = "weights"
+CONFIG_ARTIFACT = "config"
+"""The registered model's artifacts: the state dict file and the JSON description."""
 
 
 class VideoGenerator(nn.Module):

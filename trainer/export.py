@@ -61,18 +61,29 @@ def load_generator(path: str | Path):
 def load_export(path: str | Path) -> tuple[Any, LabelSpec | None]:
     """The exported generator (eval mode) and its ``LabelSpec`` (None in exports made before it was
     stored: the caller rebuilds it from the run's config)."""
+    return generator_from(torch.load(path, map_location="cpu", weights_only=True), str(path))
+
+
+def split_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An export's weights and the rest of it (format, model config, label spec, scales): plain JSON
+    types, stored beside the weights by the registered model (``cluster/pyfunc_model.py``)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload.pop("state_dict")
+    return state, payload
+
+
+def generator_from(payload: dict[str, Any], where: str) -> tuple[Any, LabelSpec | None]:
+    """Build and load the generator an export's ``payload`` describes (``where`` names it in errors)."""
     from models.build import build_generator
     from models.config import ModelConfig
     from trainer.config_tree import from_dict
 
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a vid2vid generator export (format {payload.get('format')!r})")
+        raise ValueError(f"{where}: not a vid2vid generator export (format {payload.get('format')!r})")
     model = payload["model"]
     # Exports made before the flow prior existed were trained without it (its default is on).
     model.setdefault("generator", {}).setdefault("flow_prior", "none")
-    generator = build_generator(from_dict(ModelConfig, model, str(path), "model."),
-                                payload["label_channels"])
+    generator = build_generator(from_dict(ModelConfig, model, where, "model."), payload["label_channels"])
     generator.set_active_scales(payload["active_scales"])
     generator.load_state_dict(payload["state_dict"])
     labels = LabelSpec.from_dict(payload["labels"]) if "labels" in payload else None

@@ -121,11 +121,10 @@ def test_generate_streams_to_an_mp4(model: VideoGenerator, tmp_path: Path, monke
 
 
 def test_model_uris_of_any_scheme_go_to_mlflow(model: VideoGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow.pytorch
-
+    import cluster.registry
     from cluster.registry import RegistryError, load_video_model
     seen = []
-    monkeypatch.setattr(mlflow.pytorch, "load_model", lambda uri, map_location: seen.append(uri) or model)
+    monkeypatch.setattr(cluster.registry, "_load_logged_model", lambda uri, device: seen.append(uri) or model)
     uris = ["runs:/0123abcd/generator", "models:/vid2vid@champion", "s3://bucket/models/generator"]
     for uri in uris:
         assert load_video_model(uri, "cpu") is model
