@@ -28,6 +28,32 @@ log = logging.getLogger(__name__)
 TAG = "ds"
 """DeepSpeed's tag inside each engine folder; the checkpoint step lives in our folder name instead."""
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+DEEPSPEED_PICKLED = frozenset({"deepspeed.runtime.zero.config.ZeroStageEnum",
+                               "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                               "deepspeed.utils.tensor_fragment.fragment_address"})
+"""The classes DeepSpeed's ZeRO optimizer files pickle (every other file of a checkpoint holds only
+what ``torch.load(weights_only=True)`` accepts)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """An engine file that would unpickle more than ``DEEPSPEED_PICKLED``; the message names it."""
+
+
+def check_pickled_classes(folder: str | Path) -> None:
+    """Refuse engine files under ``folder`` that would unpickle anything but ``DEEPSPEED_PICKLED``.
+
+    DeepSpeed loads its own files with ``weights_only=False`` (hard-coded in its checkpoint engine and
+    in zero_to_fp32), so ``safe_globals`` cannot reach them; a checkpoint edited to hold other classes
+    could run code when resumed or exported. This reads each file's pickle opcodes (torch's
+    ``get_unsafe_globals_in_checkpoint``: nothing is unpickled) before DeepSpeed opens them.
+    """
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    for path in sorted(Path(folder).rglob("*.pt")):
+        unexpected = sorted(set(get_unsafe_globals_in_checkpoint(path)) - DEEPSPEED_PICKLED)
+        if unexpected:
+            raise UnsafeCheckpointError(f"{path}: would unpickle {', '.join(unexpected)}, which no checkpoint of "
+                                        "ours holds; refused (was it edited or made by other code?)")
 
 
 def precision(cfg: EngineConfig) -> str:
@@ -213,6 +239,7 @@ class Engines:
     def load(self, folder: Path) -> None:
         """Restore both engines' weights, optimizer states and step counters from ``folder``."""
         for name, engine in (("generator", self.generator), ("discriminator", self.discriminator)):
+            check_pickled_classes(folder / name)
             path, _ = engine.load_checkpoint(str(folder / name), tag=TAG, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
             if path is None:

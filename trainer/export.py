@@ -13,7 +13,7 @@ import torch
 
 from dataio.labels import LabelSpec
 from trainer.average import averaged_state
-from trainer.engines import TAG
+from trainer.engines import TAG, check_pickled_classes
 
 FORMAT = "vid2vid-generator/1"
 
@@ -25,6 +25,7 @@ def consolidated_generator_state(checkpoint: str | Path, zero_stage: int) -> dic
     ``zero_to_fp32`` merges them. Stage 0 has the whole module in its model-states file.
     """
     folder = Path(checkpoint) / "generator"
+    check_pickled_classes(folder)
     if zero_stage == 0:
         states = torch.load(folder / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
         return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
