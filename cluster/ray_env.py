@@ -1,7 +1,9 @@
 """Joining Ray: an embedded instance on 127.0.0.1, or the cluster an address (or a Ray job) names.
 
-Facts this is built around (PLATFORM.md): Ray rewrites 127.0.0.1 to the host address and listens on
-every interface unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set for the head and every client;
+Facts this is built around (PLATFORM.md, and measured with Ray 2.60): Ray uses the host address as the
+node IP and its gRPC servers, agents and workers listen on every interface unless the node IP is
+given as 127.0.0.1 (``_node_ip_address``); it rewrites 127.0.0.1 to the host address unless
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set for the head and every client;
 an embedded ``ray.init()`` silently writes ``~/.ray/auth_token``, after which every later ``ray start``
 on the machine turns token auth on; ``ray.init()`` without an address joins whatever ``ray start``
 cluster runs on the machine, so an embedded instance must ask for ``address="local"``.
@@ -54,8 +56,11 @@ def connected(cfg: ClusterConfig, dashboard: bool = False) -> Iterator[RayTarget
         # The instance listens on loopback and lives as long as this command: no token to guard it,
         # and none written to ~/.ray where it would switch later `ray start` clusters to token auth.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # The node IP decides where Ray's gRPC servers (GCS, raylet, workers) and agents listen: left
+        # to Ray it is the host address and most of them listen on every interface; set to loopback,
+        # every socket of the instance is on 127.0.0.1 (tested).
         kwargs = {"num_cpus": cfg.num_cpus or os.cpu_count() or 1, "include_dashboard": dashboard,
-                  **({"dashboard_host": "127.0.0.1"} if dashboard else {})}
+                  "_node_ip_address": "127.0.0.1", **({"dashboard_host": "127.0.0.1"} if dashboard else {})}
         if cfg.temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
         log.info("starting an embedded Ray on 127.0.0.1 (%s CPUs)", kwargs["num_cpus"])

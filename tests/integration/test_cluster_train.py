@@ -96,11 +96,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, shards: Path, mlflow_serve
         proc = subprocess.Popen(train_command(work, shards, mlflow_server), cwd=work, env=env(),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed: list[int] = []
+    listening: set[tuple[str, str, int]] = set()
 
     def kill_after_first_checkpoint() -> None:
         storage = work / "ray-storage" / NAME
         while proc.poll() is None and not killed:
             workers = ray_workers_of(proc.pid)
+            listening.update(listening_sockets(proc.pid, work))
             if list(storage.glob("step-000000002_*")) and workers:
                 victim = max(workers, key=lambda p: p.pid)
                 victim.kill()
@@ -117,8 +119,43 @@ def trained(tmp_path_factory: pytest.TempPathFactory, shards: Path, mlflow_serve
     watcher.join(timeout=5)
     output = log_path.read_text()
     assert proc.returncode == 0, output[-6000:]
-    yield {"work": work, "output": output, "killed": killed, "shards": shards, "tracking": mlflow_server}
+    yield {"work": work, "output": output, "killed": killed, "shards": shards, "tracking": mlflow_server,
+           "listening": listening}
     shutil.rmtree(work, ignore_errors=True)
+
+
+def listening_sockets(root_pid: int, work: Path) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of the run's processes: the driver's
+    tree, and Ray's processes that run from its session folder under ``work``."""
+    try:
+        family = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    for proc in psutil.process_iter():
+        try:
+            if proc not in family and str(work) in " ".join(proc.cmdline()):
+                family.append(proc)
+        except psutil.Error:
+            continue
+    found = set()
+    for proc in family:
+        try:
+            found.update((proc.name(), c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_every_socket_of_the_embedded_ray_is_on_loopback(trained: dict) -> None:
+    """The README says "embedded Ray on 127.0.0.1": the GCS, raylet, agents, driver and Train
+    workers listen there (IPv4-mapped loopback counts). The one exception the README names: rank 0's
+    torch.distributed rendezvous store (c10d TCPStore), which torch binds to every interface."""
+    names = {name for name, _, _ in trained["listening"]}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::RayTrainWorker") for n in names)
+    elsewhere = {s for s in trained["listening"] if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
+    # A Ray worker's process title follows the task it runs: the store's one port, in a Ray worker.
+    assert len({port for _, _, port in elsewhere}) <= 1 and all(n.startswith("ray::") for n, _, _ in elsewhere), elsewhere
 
 
 def tempfile_short() -> str:
