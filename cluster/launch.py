@@ -101,7 +101,7 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     if cfg.tracking.enabled:
         from trainer.tracking import prepare_store
 
-        # Once, here: workers creating a fresh sqlite store at the same time crash (PLATFORM.md).
+        # Once, here: workers creating a fresh sqlite store at the same time crash (docs/platform.md).
         prepare_store(cfg.tracking)
 
 

@@ -1,6 +1,6 @@
 """Joining Ray: an embedded instance on 127.0.0.1, or the cluster an address (or a Ray job) names.
 
-Facts this is built around (PLATFORM.md, and measured with Ray 2.60): Ray uses the host address as the
+Facts this is built around (docs/platform.md): Ray uses the host address as the
 node IP and its gRPC servers, agents and workers listen on every interface unless the node IP is
 given as 127.0.0.1 (``_node_ip_address``); it rewrites 127.0.0.1 to the host address unless
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set for the head and every client;
@@ -68,7 +68,7 @@ def connected(cfg: ClusterConfig, dashboard: bool = False) -> Iterator[RayTarget
         ray.init(address="local", configure_logging=False, log_to_driver=False, **kwargs)
     else:
         # Inside a Ray job the job's runtime_env already reaches every worker: passing env vars again
-        # here fails with a merge error (PLATFORM.md), so join with none.
+        # here fails with a merge error (docs/platform.md), so join with none.
         log.info("joining the Ray cluster at %s", where.address)
         ray.init(address=where.address, configure_logging=False, log_to_driver=False)
     try:

@@ -33,7 +33,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from cluster.run_log import redirect_worker_output
     from trainer.config_tree import from_dict
 
-    # ZeRO 1-2 flood stderr with a torch.distributed deprecation warning (PLATFORM.md).
+    # ZeRO 1-2 flood stderr with a torch.distributed deprecation warning (docs/platform.md).
     warnings.filterwarnings("ignore", category=FutureWarning)
     context = ray.train.get_context()
     rank = context.get_world_rank()

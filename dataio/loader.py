@@ -5,7 +5,7 @@ Design (the why; numbers from this machine, 2 cores, no GPU, see ``benchmarks/de
 - **Python reads, DALI decodes.** ``dataio.reader`` streams each tar front to back (local or
   ``s3://``, in a thread ahead of decoding) and feeds the encoded members to ``fn.external_source``.
   Not ``fn.readers.webdataset``: a truncated tar or a missing member stops a DALI pipeline for good
-  (PLATFORM.md), with no handle on which samples were lost. In Python those faults are found while
+  (docs/platform.md), with no handle on which samples were lost. In Python those faults are found while
   the bytes pass by and each costs one ``Skip`` record; the ``.idx`` beside a shard names the
   samples a truncated tar lost. Reading costs ~0.05 ms per clip frame, next to 2.6 ms of decoding.
 - **A decode error costs a rebuild, not the run.** Bytes that do not decode fail a DALI run and

@@ -37,7 +37,7 @@ def s3_filesystem() -> fsspec.AbstractFileSystem:
 
     fsspec caches instances per argument set and per process (the cache is dropped in a forked child),
     so calling this often is cheap. ``region_name`` is deliberately not passed: with a custom endpoint it
-    breaks bucket creation (see PLATFORM.md); botocore takes the region from ``AWS_DEFAULT_REGION``.
+    breaks bucket creation (see docs/platform.md); botocore takes the region from ``AWS_DEFAULT_REGION``.
     """
     import s3fs  # imported here: local packing and the training workers that read local shards skip it
 

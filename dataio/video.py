@@ -2,7 +2,7 @@
 
 RGB travels as lossy VP9 (yuv420p); label, instance-edge and flow streams as lossless VP9 in pixel
 format ``gbrp``, which DALI's CPU decoder returns bit-exact (lossless yuv444 is off by one; see
-PLATFORM.md). VP9 rather than H.264 because DALI decodes VP9 on the CPU and the GPU alike.
+docs/platform.md). VP9 rather than H.264 because DALI decodes VP9 on the CPU and the GPU alike.
 """
 from __future__ import annotations
 

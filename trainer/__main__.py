@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # ZeRO 1-3 flood stderr with this deprecation warning from torch.distributed (PLATFORM.md).
+    # ZeRO 1-3 flood stderr with this deprecation warning from torch.distributed (docs/platform.md).
     warnings.filterwarnings("ignore", category=FutureWarning)
     from trainer import distributed as dist
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: epochs={result.progress.epoch} steps={result.progress.step} "
               f"skipped={result.progress.skipped} checkpoint={result.checkpoint} export={result.export}",
               flush=True)
-    dist.exit_process(0)  # barrier + os._exit: gloo can abort at interpreter exit (PLATFORM.md)
+    dist.exit_process(0)  # barrier + os._exit: gloo can abort at interpreter exit (docs/platform.md)
     return 0
 
 

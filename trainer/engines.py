@@ -3,7 +3,7 @@
 
 The GAN has two engines (generator; discriminators), as in DeepSpeed's DCGAN tutorial: each owns its
 optimizer, ZeRO partitioning and checkpoint folder. Facts this module is built around (measured, see
-PLATFORM.md): a client ``torch.optim.Adam`` avoids the 2-minute JIT build of FusedAdam / cpu_adam;
+docs/platform.md): a client ``torch.optim.Adam`` avoids the 2-minute JIT build of FusedAdam / cpu_adam;
 ``gradient_clipping`` silently defaults to 1.0 unless set; each engine needs its own checkpoint folder
 (each writes a ``latest`` file); fp16 is refused on CPU.
 

@@ -48,7 +48,7 @@ def configure_client() -> None:
 def prepare_store(cfg: TrackingConfig) -> str:
     """Create the store (an sqlite file on first use) and the experiment; returns the experiment id.
 
-    Call once before workers start: two processes creating one sqlite DB at once crash (PLATFORM.md).
+    Call once before workers start: two processes creating one sqlite DB at once crash (docs/platform.md).
     """
     configure_client()
     from mlflow.tracking import MlflowClient

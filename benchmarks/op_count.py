@@ -1,0 +1,131 @@
+"""Operators dispatched per generated frame and per training step, and the host's share of a step.
+
+On a GPU every ATen operator is at least one kernel launch, and launching is host work: a step made of
+many small operators waits on Python and the dispatcher, not on the GPU. The count does not depend on
+the device or the frame size, so it is measured here on the CPU, at a small size, for the demo model
+(the config defaults) and the paper model (``configs/paper.yaml``):
+
+  per frame   the generator alone, no autograd, frames after the first (which has no previous frame)
+  per step    one GAN step as ``benchmarks/step_flops.py`` runs it (generator over the clip, D update,
+              G update; plain PyTorch: DeepSpeed's engine hooks add host work on top)
+
+Operators are counted below autograd (``TorchDispatchMode``): what reaches a backend kernel, backward
+included. Then the demo step is timed at a tiny size, where compute is negligible (host overhead),
+and at the demo size, in the same invocation: their ratio is the share of the demo step the host
+alone would take.
+
+    .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
+    .venv/bin/python benchmarks/op_count.py --only demo
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from models.build import build  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from models.generator import generate_clip  # noqa: E402
+from step_flops import Case, make_step  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every operator that reaches a kernel, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+def models(only: str | None) -> list[tuple[str, ModelConfig, int]]:
+    """(name, model config, classes) of the demo and paper models."""
+    from trainer.config import load
+
+    found = [("demo", load(REPO / "configs" / "demo.yaml").model, 8),
+             ("paper", load(REPO / "configs" / "paper.yaml").model, 35)]
+    return [m for m in found if only in (None, m[0])]
+
+
+def ops_per_frame(model: ModelConfig, classes: int, height: int, width: int, frames: int) -> tuple[float, OpCounter]:
+    torch.manual_seed(0)
+    nets = build(model, classes + 1)
+    generator = nets.generator.eval()
+    generator.set_active_scales(model.generator.num_scales)
+    ids = torch.randint(0, classes, (1, frames, height, width))
+    labels = torch.cat([F.one_hot(ids, classes).permute(0, 1, 4, 2, 3).float(),
+                        torch.zeros(1, frames, 1, height, width)], dim=2)
+    with torch.no_grad():
+        with OpCounter() as first:
+            generate_clip(generator, labels[:, :1])
+        with OpCounter() as clip:
+            generate_clip(generator, labels)
+    return (clip.total - first.total) / (frames - 1), clip
+
+
+def step_ops(case: Case) -> tuple[int, OpCounter]:
+    step, _ = make_step(case, with_vgg=False)
+    with OpCounter() as counter:
+        step()
+    return counter.total, counter
+
+
+def timed(step, repeats: int) -> float:
+    step()  # warm-up: allocator, lazy inits
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["demo", "paper"])
+    parser.add_argument("--frames", type=int, default=4, help="clip length of the step")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--top", type=int, default=8, help="most frequent operators listed")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # see step_flops.py: one thread is the stable measurement on a shared host
+    print(f"torch {torch.__version__}, 1 thread; counts do not depend on the device or the size")
+    for name, model, classes in models(args.only):
+        g = model.generator
+        side = 2 ** (g.n_downsample + g.num_scales - 1)  # the smallest size every scale takes
+        height, width = 2 * side, 4 * side
+        per_frame, clip = ops_per_frame(model, classes, height, width, args.frames)
+        total, step = step_ops(Case(name, model, classes, height, width, args.frames))
+        print(f"{name}: {g.num_scales} scale(s), ngf {g.ngf}, prev_frames {g.prev_frames}, "
+              f"counted at {width}x{height}, T={args.frames}")
+        print(f"  generator: {per_frame:.0f} operators per frame (no autograd)")
+        print(f"  GAN step:  {total} operators ({total / args.frames:.0f} per frame of the clip)")
+        print("  most frequent in the step: " + ", ".join(
+            f"{op.removeprefix('aten.')} {n}" for op, n in step.ops.most_common(args.top)))
+        if name == "demo":
+            tiny, _ = make_step(Case("tiny", model, classes, side, 2 * side, args.frames), with_vgg=False)
+            full, _ = make_step(Case("demo", model, classes, 128, 256, args.frames), with_vgg=False)
+            host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
+            print(f"  step time: {2 * side}x{side} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
+                  f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
+
+
+if __name__ == "__main__":
+    main()
