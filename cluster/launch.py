@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from cluster.config import RootConfig
 from cluster.ray_env import connected
 from trainer.config import EVAL_METRICS
+from trainer.export import export_path
 from trainer.config_tree import to_dict
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
         raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)} "
                              f"(logs: {log_dir(cfg.checkpoint.dir)})") from err
     metrics = dict(result.metrics or {})
-    export = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
+    export = export_path(cfg.checkpoint.dir)
     return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
                         checkpoint=result.checkpoint.path if result.checkpoint else None,
                         export=export if export.is_file() else None, checkpoint_dir=Path(cfg.checkpoint.dir))

@@ -91,6 +91,7 @@ def source_from_checkpoint(path: Path, workdir: Path) -> Source:
     """An exported ``generator.pt``; a run's checkpoint folder (its ``export/generator.pt``); or one
     ``step-*`` checkpoint, exported here."""
     from trainer.checkpoint import TRAINER_FILE, latest_checkpoint, load_trainer_state
+    from trainer.export import export_path
 
     path = Path(path)
     if path.is_file():
@@ -109,7 +110,7 @@ def source_from_checkpoint(path: Path, workdir: Path) -> Source:
         raise RegistryError(f"checkpoint {path}: neither a checkpoint ({TRAINER_FILE}) nor a folder of them")
     state = load_trainer_state(step)
     config, run_id = state["config"], state["progress"].get("run_id", "")
-    export = step.parent / "export" / "generator.pt"
+    export = export_path(step.parent)
     if step != latest_checkpoint(step.parent) or not export.is_file():
         export = _export_step(step, state, workdir)
     return Source(export, config, run_id)

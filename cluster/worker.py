@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from cluster.config import RootConfig
     from cluster.run_log import redirect_worker_output
     from trainer.config_tree import from_dict
+    from trainer.distributed import setup_process
 
-    # ZeRO 1-2 flood stderr with a torch.distributed deprecation warning (docs/platform.md).
-    warnings.filterwarnings("ignore", category=FutureWarning)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     cfg = from_dict(RootConfig, loop_config["config"], "<config sent to the Ray workers>")
     redirect_worker_output(cfg.checkpoint.dir, rank)  # DeepSpeed's and Ray's chatter too: not the console
-    _configure_logging(rank)
+    setup_process(rank)
     restore_reported_checkpoint(Path(cfg.checkpoint.dir), context.get_local_rank())
     reporter = CheckpointReporter(rank, cfg.tracking.uri if cfg.tracking.enabled else "",
                                   loop_config.get("parent_run_id", ""))
@@ -59,6 +57,7 @@ def restore_reported_checkpoint(root: Path, local_rank: int) -> Path | None:
     import ray.train
 
     from trainer.checkpoint import TRAINER_FILE
+    from trainer.distributed import barrier
 
     reported = ray.train.get_checkpoint()
     target = None
@@ -74,7 +73,7 @@ def restore_reported_checkpoint(root: Path, local_rank: int) -> Path | None:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
             log.info("restored checkpoint %s from %s", target, reported.path)
-    _barrier()
+    barrier()
     return target
 
 
@@ -178,17 +177,3 @@ def redacted_yaml(cfg) -> str:
         return redact(key, node) if isinstance(node, str) else node
 
     return yaml.safe_dump(walk(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, ""), sort_keys=False)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _configure_logging(rank: int) -> None:
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank{rank} %(name)s: %(message)s", force=True)
-    for noisy in ("DeepSpeed", "deepspeed", "alembic", "mlflow", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

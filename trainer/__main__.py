@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # ZeRO 1-3 flood stderr with this deprecation warning from torch.distributed (docs/platform.md).
-    warnings.filterwarnings("ignore", category=FutureWarning)
     from trainer import distributed as dist
 
-    logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
-                        format=f"%(asctime)s rank{dist.rank()} %(name)s: %(message)s")
-    for noisy in ("DeepSpeed", "deepspeed", "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    dist.setup_process(dist.rank())
     from trainer.loop import train
 
     try:

@@ -7,8 +7,10 @@ process where nothing is set.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -40,6 +42,21 @@ def local_rank() -> int:
 def is_main() -> bool:
     """Rank 0: the one process that logs, exports and prints."""
     return rank() == 0
+
+
+NOISY_LOGGERS = ("DeepSpeed", "deepspeed", "alembic", "mlflow", "urllib3")
+"""Libraries whose INFO lines would drown the trainer's own."""
+
+
+def setup_process(rank: int) -> None:
+    """What every training process does first (torchrun's or a Ray Train worker): rank 0 logs INFO,
+    the others WARNING, each line tagged with its rank; ZeRO 1-3's flood of torch.distributed
+    deprecation warnings filtered (docs/platform.md)."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank{rank} %(name)s: %(message)s", force=True)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def barrier() -> None:

@@ -18,6 +18,11 @@ from trainer.engines import TAG, check_pickled_classes
 FORMAT = "vid2vid-generator/1"
 
 
+def export_path(checkpoint_dir: str | Path) -> Path:
+    """Where a run's export lives: beside its checkpoints, ``<checkpoint.dir>/export/generator.pt``."""
+    return Path(checkpoint_dir) / "export" / "generator.pt"
+
+
 def consolidated_generator_state(checkpoint: str | Path, zero_stage: int) -> dict[str, torch.Tensor]:
     """Full fp32 generator weights from a checkpoint folder (any ZeRO stage, any rank count).
 

@@ -31,7 +31,7 @@ from trainer.average import WeightAverage
 from trainer.batches import TimeBudget, agreed_batches
 from trainer.config import Config
 from trainer.config_tree import flatten, to_dict
-from trainer.export import export_generator
+from trainer.export import export_generator, export_path
 from trainer.schedule import Stage, lr_factor, stage_at
 from trainer.step import ChunkResult, Discriminators, StepSettings, train_batch
 from trainer.tracking import make_tracker
@@ -372,7 +372,7 @@ def _check_ranks_agree(engines: engines_mod.Engines) -> list[float]:
 def _export(cfg: Config, folder: Path | None, labels: LabelSpec) -> Path | None:
     if folder is None:
         return None
-    out = Path(cfg.checkpoint.dir) / "export" / "generator.pt"
+    out = export_path(cfg.checkpoint.dir)
     if dist.is_main():
         # The scales of the checkpoint's stage, not the live model's: the last save may predate a
         # stage change (saves are skipped after a non-finite step).
