@@ -58,7 +58,7 @@ class OpCounter(TorchDispatchMode):
 
 def models(only: str | None) -> list[tuple[str, ModelConfig, int]]:
     """(name, model config, classes) of the demo and paper models."""
-    from trainer.config import load
+    from cluster.config import load
 
     found = [("demo", load(REPO / "configs" / "demo.yaml").model, 8),
              ("paper", load(REPO / "configs" / "paper.yaml").model, 35)]
@@ -120,10 +120,10 @@ def main() -> None:
         print("  most frequent in the step: " + ", ".join(
             f"{op.removeprefix('aten.')} {n}" for op, n in step.ops.most_common(args.top)))
         if name == "demo":
-            tiny, _ = make_step(Case("tiny", model, classes, side, 2 * side, args.frames), with_vgg=False)
+            tiny, _ = make_step(Case("tiny", model, classes, height, width, args.frames), with_vgg=False)
             full, _ = make_step(Case("demo", model, classes, 128, 256, args.frames), with_vgg=False)
             host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
-            print(f"  step time: {2 * side}x{side} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
+            print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
 
 
