@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> None:
             ecfg = EngineConfig(zero_stage=stage)
             runs[stage] = {"pair": engines.Engines(engines.build(nets.generator, ecfg, 1), engines.build(dis, ecfg, 1)),
                            "params": count_parameters(nets.generator) + count_parameters(dis), "times": []}
-        settings = StepSettings(loss=cfg.loss, prev_frames=cfg.generator.prev_frames,
+        settings = StepSettings(loss=cfg.loss,
                                 frames_per_step=args.frames, temporal_frames=cfg.discriminator.temporal_frames,
                                 temporal_scales=cfg.discriminator.temporal_scales,
                                 dtype=torch.bfloat16 if engines.precision(EngineConfig()) == "bf16" else torch.float32)

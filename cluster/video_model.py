@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dataio.labels import LabelSpec
-from models.generator import Generator
+from models.generator import Generator, Rollout
 
 WEIGHTS_ARTIFACT = "weights"
 CONFIG_ARTIFACT = "config"
@@ -75,17 +75,11 @@ class VideoGenerator(nn.Module):
         does not grow with the video; ``vid2vid eval`` scores these, ``generate`` and pyfunc serve
         them as uint8.
         """
-        history = self.generator.cfg.prev_frames
         param = next(self.generator.parameters())
-        recent: list[Tensor] = []
-        previous: list[Tensor] = []
+        rollout = Rollout(self.generator)
         with torch.no_grad():
             for frame in labels:
-                recent = (recent + [frame.to(param.device, param.dtype)])[-(history + 1):]
-                prev = torch.stack(previous, dim=1) if previous and history else None
-                image = self.generator(torch.stack(recent, dim=1), prev).image
-                previous = (previous + [image])[-max(history, 1):]
-                yield image
+                yield rollout.step(frame.to(param.device, param.dtype)).image
 
     def frames(self, labels: Tensor) -> Iterator[Tensor]:
         """Frame by frame (for progress): uint8 [B, H, W, 3] for each t of ``labels`` [B, T, C, H, W]."""

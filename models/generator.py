@@ -13,7 +13,7 @@ always come at the resolution of the finest active scale; coarser scales see the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -182,25 +182,49 @@ class ClipOutput:
     has_flow: Tensor
 
 
+class Rollout:
+    """Frame-by-frame generation, the one loop every caller runs (the trainer, ``generate_clip``, the
+    video model behind ``vid2vid generate`` and the registry): each output is fed back as a previous
+    frame. It keeps what the generator reads, the last L+1 label frames and L outputs (all outputs
+    with ``keep_all``: the trainer's temporal windows need them), so memory does not grow with a video.
+
+    ``forward`` generates a frame (``generator`` itself by default; the trainer passes its DeepSpeed
+    engine); ``detach`` cuts the graph between frames (vid2vid backpropagates one frame at a time).
+    """
+
+    def __init__(self, generator: Generator, forward: Callable[..., GeneratorOutput] | None = None,
+                 detach: bool = True, keep_all: bool = False) -> None:
+        self.history = generator.cfg.prev_frames
+        self.forward = forward if forward is not None else generator
+        self.detach, self.keep_all = detach, keep_all
+        self.labels: list[Tensor] = []
+        self.images: list[Tensor] = []
+        """The outputs so far (the last L of them unless ``keep_all``), as fed back."""
+
+    def step(self, labels: Tensor, **with_previous: Any) -> GeneratorOutput:
+        """The next frame from its label maps [B, C, H, W]. ``with_previous`` go to the generator only
+        when there is a previous frame (``flow``, ``label_only``: the first frame has neither)."""
+        self.labels = (self.labels + [labels])[-(self.history + 1):]
+        previous = self.images[-self.history:] if self.history else []
+        prev = torch.stack(previous, dim=1) if previous else None
+        out = self.forward(torch.stack(self.labels, dim=1), prev, **(with_previous if prev is not None else {}))
+        self.images.append(out.image.detach() if self.detach else out.image)
+        if not self.keep_all:
+            self.images = self.images[-max(self.history, 1):]
+        return out
+
+
 def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True,
                   flow: Tensor | None = None) -> ClipOutput:
-    """Generate a clip [B, T, C, H, W] frame by frame, feeding each output back as a previous frame.
+    """Generate a clip [B, T, C, H, W] frame by frame (``Rollout``).
 
     ``detach_prev`` cuts the graph between frames (vid2vid backpropagates one frame at a time);
     the outputs keep their own graphs, so a trainer can call this under autograd and sum losses.
     ``flow`` [B, T, 2, H, W]: warp with it instead of the predicted flow (see ``Generator.forward``).
     """
-    frames = labels.shape[1]
-    history = generator.cfg.prev_frames
-    outputs: list[GeneratorOutput] = []
-    previous: list[Tensor] = []
-    for t in range(frames):
-        prev = torch.stack(previous[-history:], dim=1) if previous and history else None
-        given = None if flow is None or prev is None else flow[:, t]
-        out = generator(labels[:, max(0, t - history):t + 1], prev, flow=given)
-        outputs.append(out)
-        previous.append(out.image.detach() if detach_prev else out.image)
-    return _stack(outputs)
+    rollout = Rollout(generator, detach=detach_prev)
+    return _stack([rollout.step(labels[:, t], **({} if flow is None else {"flow": flow[:, t]}))
+                   for t in range(labels.shape[1])])
 
 
 def _stack(outputs: list[GeneratorOutput]) -> ClipOutput:

@@ -138,7 +138,7 @@ class _Run:
         self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
         vgg = nets.vgg.to(self.device).eval().requires_grad_(False) if nets.vgg is not None else None
         self.settings = StepSettings(
-            loss=cfg.model.loss, prev_frames=cfg.model.generator.prev_frames,
+            loss=cfg.model.loss,
             frames_per_step=cfg.train.frames_per_step,
             temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
             temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from models.config import LossConfig
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.generator import Rollout
 from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
 from trainer.engines import Engines
@@ -51,8 +52,6 @@ class Discriminators(nn.Module):
 @dataclass
 class StepSettings:
     loss: LossConfig
-    prev_frames: int
-    """L of the generator: how many previous outputs it reads."""
     frames_per_step: int
     temporal_frames: int
     """K of the temporal discriminator (0 when it is off)."""
@@ -80,23 +79,21 @@ def train_batch(engines: Engines, batch: Any, settings: StepSettings) -> list[Ch
     rgb, labels = batch.rgb.to(settings.dtype), batch.labels.to(settings.dtype)
     flow, conf = batch.flow.to(settings.dtype), batch.flow_conf.to(settings.dtype)
     frames = rgb.shape[1]
-    history: list[Tensor] = []  # generated frames so far, detached
+    # Every output of the clip so far, detached, across chunks: the temporal windows reach back.
+    rollout = Rollout(engines.generator.module, forward=engines.generator, keep_all=True)
     results = []
     for start in range(0, frames, settings.frames_per_step):
         stop = min(frames, start + settings.frames_per_step)
-        results.append(_chunk(engines, settings, rgb, labels, flow, conf, history, start, stop))
+        results.append(_chunk(engines, settings, rgb, labels, flow, conf, rollout, start, stop))
     return results
 
 
 def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow: Tensor, conf: Tensor,
-           history: list[Tensor], start: int, stop: int) -> ChunkResult:
+           rollout: Rollout, start: int, stop: int) -> ChunkResult:
     engG, engD = engines.generator, engines.discriminator
-    label_only = s.loss.label_only > 0
-    outs = []
-    for t in range(start, stop):
-        prev = torch.stack(history[-s.prev_frames:], dim=1) if history and s.prev_frames else None
-        outs.append(engG(labels[:, max(0, t - s.prev_frames):t + 1], prev, label_only=label_only and prev is not None))
-        history.append(outs[-1].image.detach())
+    with_previous = {"label_only": True} if s.loss.label_only > 0 else {}
+    outs = [rollout.step(labels[:, t], **with_previous) for t in range(start, stop)]
+    history = rollout.images
     fake = torch.stack([o.image for o in outs], dim=1)
     real, lab = rgb[:, start:stop], labels[:, start:stop]
     window_real, window_fake, window_flow = _temporal_windows(s, rgb, flow, history, fake, start, stop)

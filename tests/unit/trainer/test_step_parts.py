@@ -15,7 +15,7 @@ from trainer.step import StepSettings, _temporal_span, _temporal_windows
 
 
 def settings(k: int, scales: int) -> StepSettings:
-    return StepSettings(loss=LossConfig(), prev_frames=2, frames_per_step=2, temporal_frames=k, temporal_scales=scales)
+    return StepSettings(loss=LossConfig(), frames_per_step=2, temporal_frames=k, temporal_scales=scales)
 
 
 @pytest.mark.parametrize("k, scales, stop, span", [
@@ -36,7 +36,7 @@ def test_temporal_span(k: int, scales: int, stop: int, span: int) -> None:
 @pytest.mark.parametrize("frames_per_step, scales", [(2, 1), (4, 1), (8, 1), (3, 2), (8, 2)])
 def test_temporal_windows_are_the_newest_frames(frames_per_step: int, scales: int) -> None:
     """Real, fake and flow windows cover the same newest frames, also when a chunk outgrows the window."""
-    s = StepSettings(loss=LossConfig(), prev_frames=2, frames_per_step=frames_per_step, temporal_frames=3,
+    s = StepSettings(loss=LossConfig(), frames_per_step=frames_per_step, temporal_frames=3,
                      temporal_scales=scales)
     frames = 8
     rgb = torch.arange(frames, dtype=torch.float32).view(1, frames, 1, 1, 1).expand(1, frames, 3, 2, 2)
