@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from dataio.errors import UserInputError
 from trainer.config_tree import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -370,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"vid2vid: config error: {err}", file=sys.stderr)
         return 2
-    except _user_errors() as err:
+    except (UserInputError, FileNotFoundError) as err:
         print(f"vid2vid: {err}", file=sys.stderr)
         return 1
 
@@ -385,19 +386,6 @@ def _show_our_warnings() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by bad input, reported in one line rather than a traceback."""
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in (("cluster.registry", "RegistryError"), ("cluster.jobs", "ManifestError"), ("cluster.generate", "LabelInputError"),
-                         ("cluster.evaluate", "EvalInputError"),
-                         ("cluster.launch", "TrainingFailed"), ("dataio.pack", "BadInputError"), ("dataio.pack", "SettingsMismatchError"),
-                         ("dataio.video", "VideoError"), ("dataio.loader", "DataError")):
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, name):
-            errors.append(getattr(mod, name))
-    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dataio.config import DataConfig
+from dataio.errors import UserInputError
 from trainer.config import Config
 from trainer.tracking import redact
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserInputError, ValueError):
     """Data or model that cannot be evaluated together; the message names the path or field."""
 
 

@@ -18,13 +18,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from dataio.errors import UserInputError
 from dataio.labels import LabelSpec
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 IMAGE_SUFFIXES = {".png"}
 
 
-class LabelInputError(ValueError):
+class LabelInputError(UserInputError, ValueError):
     """Labels that cannot be read or do not fit the model; the message names the file."""
 
 

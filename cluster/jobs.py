@@ -16,11 +16,13 @@ from typing import Any, Sequence
 
 import yaml
 
+from dataio.errors import UserInputError
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserInputError, ValueError):
     """A ``ray_job.yaml`` that is not a usable RayJob; the message names the file and key."""
 
 

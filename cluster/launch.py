@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from cluster.config import RootConfig
 from cluster.ray_env import connected
+from dataio.errors import UserInputError
 from trainer.config import EVAL_METRICS
 from trainer.export import export_path
 from trainer.config_tree import to_dict
@@ -26,8 +27,12 @@ from trainer.config_tree import to_dict
 log = logging.getLogger(__name__)
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(UserInputError, RuntimeError):
     """The Ray Train run failed (after its allowed restarts); the message carries the worker's error."""
+
+
+class NotReadyError(UserInputError, ValueError):
+    """What would fail inside every worker, found before any starts; the message names the key."""
 
 
 @dataclass
@@ -79,7 +84,7 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     if embedded:
         cpus = cluster.num_cpus or os.cpu_count() or 1
         if cluster.num_workers * cluster.cpus_per_worker > cpus:
-            raise ValueError(f"cluster.num_workers={cluster.num_workers} workers of cluster.cpus_per_worker="
+            raise NotReadyError(f"cluster.num_workers={cluster.num_workers} workers of cluster.cpus_per_worker="
                              f"{cluster.cpus_per_worker} CPU need more than the {cpus} CPUs of this machine's "
                              "embedded Ray (cluster.num_cpus); Ray would wait for them forever")
     # Local paths are this machine's only when Ray runs here; on a cluster they are the nodes'.
@@ -93,10 +98,10 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
         # A resumed run whose disk cannot hold its next checkpoint would train an epoch, then fail.
         shortage = space_shortage(cfg.checkpoint.dir)
         if shortage:
-            raise ValueError(f"checkpoint.dir: {shortage}")
+            raise NotReadyError(f"checkpoint.dir: {shortage}")
     shards = list_shards(cfg.data.shards, "train", manifest_or_none(cfg.data.shards))
     if len(shards) < cfg.cluster.num_workers:
-        raise ValueError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
+        raise NotReadyError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
                          f"cluster.num_workers={cfg.cluster.num_workers} workers; pack with fewer "
                          "data.pack.clips_per_shard or use fewer workers")
     if cfg.tracking.enabled:

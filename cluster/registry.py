@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataio.errors import UserInputError
 from trainer.tracking import configure_client, redact
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _ANY_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 """An MLflow model URI of any scheme: models:/, runs:/, s3://, file:/ ..."""
 
 
-class RegistryError(ValueError):
+class RegistryError(UserInputError, ValueError):
     """A model, run or checkpoint that cannot be published or fetched; the message names it."""
 
 

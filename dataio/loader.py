@@ -50,6 +50,7 @@ from dataio import format as fmt
 from dataio import reader
 from dataio.augment import Arenas, BatchTensors, Writer
 from dataio.config import DataConfig
+from dataio.errors import UserInputError
 from dataio.labels import LabelSpec
 from dataio.pipeline import Decoded, Decoder, Draw, GraphSpec
 from dataio.storage import describe
@@ -65,7 +66,7 @@ NVDEC_MIN_SIDE = 128
 every sample would be skipped as bad, so ``mixed`` on such shards is refused up front."""
 
 
-class BadDataError(RuntimeError):
+class BadDataError(UserInputError, RuntimeError):
     """Too many corrupt samples: the share of skipped samples passed ``loader.max_bad_fraction``."""
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from dataio import format as fmt
 from dataio.config import DataConfig
+from dataio.errors import UserInputError
 from dataio.flow import backward_flow
 from dataio.manifest import Manifest, ManifestRow, write_manifest
 from dataio.sources import (BadInputError, ReadOptions, Sequence, SequenceSource, read_clip, scan_sequence,
@@ -53,7 +54,7 @@ worker. At 256x128 that is a whole 24-frame sequence; at 2048x1024 one 8-frame c
 __all__ = ["BadInputError", "PackReport", "SkippedSequence", "clip_starts", "pack", "split_of"]
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(UserInputError, ValueError):
     """The destination already holds shards packed from other settings or other inputs."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from dataio import video
+from dataio.errors import UserInputError
 from dataio.labels import LabelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -52,7 +53,7 @@ MIN_SIDE = 16
 Layout = Literal["ours", "vid2vid", "davis"]
 
 
-class BadInputError(ValueError):
+class BadInputError(UserInputError, ValueError):
     """An input that cannot be packed. ``path`` is the offending file or folder; the message starts with it."""
 
     def __init__(self, path: str | Path, problem: str) -> None:

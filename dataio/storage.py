@@ -19,6 +19,8 @@ from pathlib import Path
 
 import fsspec
 
+from dataio.errors import UnusableLocationError
+
 TEMP_PREFIX = ".partial-"
 """Local temporary names start with this; ``Destination.remove_partial`` deletes leftovers of a killed run."""
 
@@ -59,7 +61,7 @@ def check_location(url: str, key: str, write: bool = False) -> None:
         try:
             fs.ls(url[len("s3://"):].split("/")[0])
         except Exception as err:  # botocore and s3fs raise many kinds; each becomes one line
-            raise ValueError(f"{key}={url}: {_s3_problem(err)} (endpoint {endpoint or 'AWS default'})") from None
+            raise UnusableLocationError(f"{key}={url}: {_s3_problem(err)} (endpoint {endpoint or 'AWS default'})") from None
         return
     if not write:
         return
@@ -69,7 +71,7 @@ def check_location(url: str, key: str, write: bool = False) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX):
             pass
     except OSError as err:
-        raise ValueError(f"{key}={url}: not writable ({err.strerror or err})") from None
+        raise UnusableLocationError(f"{key}={url}: not writable ({err.strerror or err})") from None
 
 
 def _s3_problem(err: BaseException) -> str:

@@ -16,6 +16,8 @@ import av
 import av.filter
 import numpy as np
 
+from dataio.errors import UserInputError
+
 # ffmpeg's scale filter with these flags converts yuv420p -> rgb24 bit-exactly as DALI's CPU decoder
 # does (measured on a VP9 file: 0 of 1.7M values differ). PyAV's default conversion differs by up to
 # ~120 on chroma edges, and `VideoFrame.reformat` with the same flags as an integer still differs by up
@@ -23,7 +25,7 @@ import numpy as np
 _ACCURATE_RGB = "flags=bilinear+full_chroma_int+accurate_rnd"
 
 
-class VideoError(ValueError):
+class VideoError(UserInputError, ValueError):
     """A video that cannot be read; the message names the file or stream."""
 
 

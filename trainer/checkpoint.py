@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import torch
 
+from dataio.errors import UserInputError
 from trainer import distributed as dist
 
 _NAME = re.compile(r"^step-(\d{9})$")
@@ -48,7 +49,7 @@ _DELETING = ".deleting-"  # prefix of a pruned checkpoint whose files are being 
 TRAINER_FILE = "trainer.pt"
 
 
-class CheckpointSpaceError(OSError):
+class CheckpointSpaceError(UserInputError, OSError):
     """The checkpoint folder's file system cannot hold another checkpoint: retrying cannot help."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from dataio.errors import UserInputError
 from trainer.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ DEEPSPEED_PICKLED = frozenset({"deepspeed.runtime.zero.config.ZeroStageEnum",
 what ``torch.load(weights_only=True)`` accepts)."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserInputError, ValueError):
     """An engine file that would unpickle more than ``DEEPSPEED_PICKLED``; the message names it."""
 
 

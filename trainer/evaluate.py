@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dataio.errors import UserInputError
 from models.frechet import FeatureNet, FeatureStats, frechet_distance
 from models.metrics import psnr, ssim, warping_error
 
@@ -90,7 +91,7 @@ class Shown:
     video: np.ndarray
 
 
-class NoClipsError(ValueError):
+class NoClipsError(UserInputError, ValueError):
     """Nothing was scored: the split is empty or every sample was skipped."""
 
 

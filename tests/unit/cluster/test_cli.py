@@ -67,3 +67,16 @@ def test_cli_module_imports_nothing_heavy() -> None:
     code = "import sys, cluster.cli; print(sorted(m for m in ('torch', 'ray', 'mlflow', 'deepspeed') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("override,words", [
+    ("cluster.num_workers=64", "cluster.num_workers=64 workers of cluster.cpus_per_worker=1.0 CPU need more than"),
+    ("checkpoint.dir=/proc/vid2vid-nowhere", "checkpoint.dir=/proc/vid2vid-nowhere/vid2vid: not writable"),
+])
+def test_what_would_fail_in_every_worker_is_one_line_before_any_starts(
+        override: str, words: str, capsys: pytest.CaptureFixture) -> None:
+    """Refused by `vid2vid train` itself (no Ray started): one line naming the key, exit 1."""
+    assert main(["train", "--config", str(REPO / "configs" / "tiny_train.yaml"), override,
+                 "cluster.num_cpus=2"]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
