@@ -195,13 +195,14 @@ class Destination:
             removed.append(path.name)
         return removed
 
-    def _local_temp(self, name: str) -> "_LocalTemp":
-        return _LocalTemp(Path(self.url) / name)
+    def _local_temp(self, name: str) -> "AtomicFile":
+        return AtomicFile(Path(self.url) / name)
 
 
-class _LocalTemp:
-    """``with _LocalTemp(target) as temp:`` write ``temp``; on success it is fsynced, renamed to
-    ``target``, and the rename flushed (the folder fsynced) before the ``with`` block returns."""
+class AtomicFile:
+    """``with AtomicFile(target) as temp:`` write ``temp``; on success it is fsynced, renamed to
+    ``target``, and the rename flushed (the folder fsynced) before the ``with`` block returns; on an
+    error the temp file is removed. The one atomic file write (shards, checkpoints, exports)."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -215,14 +216,14 @@ class _LocalTemp:
         if exc_type is None:
             # Durable before visible, and visible before whatever the caller writes next: after a
             # power loss an .idx must never sit beside a tar whose bytes (or name) did not reach disk.
-            _fsync(self.temp)
+            fsync_path(self.temp)
             os.replace(self.temp, self.target)
-            _fsync(self.target.parent)
+            fsync_path(self.target.parent)
         else:
             self.temp.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's data, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import torch
 
 from dataio.errors import UserInputError
+from dataio.storage import AtomicFile, fsync_path
 from trainer import distributed as dist
 
 _NAME = re.compile(r"^step-(\d{9})$")
@@ -181,7 +182,7 @@ def _replace(staging: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)  # a stale one: final is complete, so it is not needed
         os.replace(final, aside)
     os.replace(staging, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -194,7 +195,7 @@ def _restore_aside(root: Path) -> None:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(aside, final)
-            _fsync_dir(root)
+            fsync_path(root)
 
 
 def prune(root: str | Path, keep: int, keep_best: str = "") -> None:
@@ -209,9 +210,12 @@ def prune(root: str | Path, keep: int, keep_best: str = "") -> None:
         doomed = root / f"{_DELETING}{old.name.removeprefix(_ASIDE)}"
         shutil.rmtree(doomed, ignore_errors=True)
         os.replace(old, doomed)
-    _fsync_dir(root)
+    fsync_path(root)
     for leftover in [*root.glob(".partial-*"), *root.glob(f"{_DELETING}*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:  # a crashed write of ``latest``
+            leftover.unlink(missing_ok=True)
 
 
 def best_checkpoint(root: str | Path, metric: str) -> tuple[Path, dict[str, float]] | None:
@@ -259,26 +263,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def _write(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with AtomicFile(path) as temp:
+        torch.save(obj, temp)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with AtomicFile(path) as temp:
+        temp.write_text(text)

@@ -5,13 +5,13 @@ register it and ``generate`` can run it anywhere.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dataio.labels import LabelSpec
+from dataio.storage import AtomicFile
 from trainer.average import averaged_state
 from trainer.engines import TAG, check_pickled_classes
 
@@ -52,10 +52,8 @@ def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int
     payload = {"format": FORMAT, "state_dict": state,
                "model": model_config, "label_channels": labels.channels, "labels": labels.to_dict(),
                "active_scales": active_scales}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
+    with AtomicFile(out) as temp:
+        torch.save(payload, temp)
     return out
 
 
