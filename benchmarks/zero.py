@@ -148,17 +148,18 @@ def worker(args: argparse.Namespace) -> None:
 def random_batch(step: int, channels: int, args: argparse.Namespace, device):
     """Random clips of the loader's layout (one-hot labels, rgb in [-1, 1], small flows)."""
     import torch
-    from types import SimpleNamespace
+
+    from dataio.loader import ClipBatch
 
     gen = torch.Generator().manual_seed(step * 100 + int(os.environ.get("RANK", "0")))
     shape = (1, args.frames)
     ids = torch.randint(0, channels, (*shape, args.height, args.width), generator=gen)
     labels = torch.nn.functional.one_hot(ids, channels).permute(0, 1, 4, 2, 3).float()
-    return SimpleNamespace(
+    return ClipBatch(
         rgb=(torch.rand(*shape, 3, args.height, args.width, generator=gen) * 2 - 1).to(device),
         labels=labels.to(device),
         flow=(torch.randn(*shape, 2, args.height, args.width, generator=gen) * 2).to(device),
-        flow_conf=torch.rand(*shape, 1, args.height, args.width, generator=gen).to(device))
+        flow_conf=torch.rand(*shape, 1, args.height, args.width, generator=gen).to(device), keys=[], draws=[])
 
 
 def optimizer_bytes(engine) -> tuple[int, int]:

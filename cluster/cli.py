@@ -8,9 +8,11 @@ import sys
 from typing import Callable, Sequence
 
 from dataio.errors import UserInputError
+from trainer.config import TrackingConfig
 from trainer.config_tree import ConfigError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_TRACKING_URI = TrackingConfig.uri
+"""The tracking store commands use without a config: the trainer's default."""
 """The embedded store `vid2vid train` uses by default (tracking.uri)."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dataio.errors import UserInputError
-from trainer.tracking import configure_client, redact
+from trainer.tracking import configure_client, redact, redacted_yaml
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,6 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
             source.run_id = client.create_run(experiment_id, run_name=f"publish-{name}").info.run_id
             if source.config:
-                from cluster.worker import redacted_yaml
                 client.log_text(source.run_id, redacted_yaml(source.config), "config.yaml")
             client.set_terminated(source.run_id)
         artifacts = _model_files(source.export, model, Path(tmp))

@@ -8,9 +8,9 @@
 
 Selection is on held-out quality: with ``sweep.metric: eval/psnr`` (or another ``eval/*`` score) each
 trial scores the ``eval.split`` clips before every checkpoint (``eval.at_checkpoint`` is turned on) and
-reports the scores with it; ASHA stops trials on them, Ray keeps each trial's best checkpoints by them, and the sweep publishes
-the best checkpoint of the best trial, not its last. A training loss can still be named; trials are
-then compared only at their last report, among those that ran longest.
+reports the scores with it; ASHA stops trials on them, Ray keeps each trial's best checkpoints by
+them, and the sweep publishes the best checkpoint of the best trial, not its last. A training loss
+can still be named; trials are then compared only at their last report, among those that ran longest.
 
 Trials run as many at once as Ray's CPUs allow (``cluster.num_workers`` each; the trial driver itself
 takes 0.01 CPU: Tune refuses 0). An interrupted sweep (Ctrl-C) shows each trial's state and publishes
@@ -176,7 +176,8 @@ class TrialWatch:
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 watch.completed.add(trial.trial_id)
-                watch.say(f"trial {trial.trial_id} {watch.state(trial)} after {len(watch.reports.get(trial.trial_id, []))} report(s)")
+                reports = len(watch.reports.get(trial.trial_id, []))
+                watch.say(f"trial {trial.trial_id} {watch.state(trial)} after {reports} report(s)")
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 watch.say(f"trial {trial.trial_id} failed: see {trial.path}")
@@ -349,7 +350,8 @@ def _close_parent(cfg: RootConfig, result: SweepResult, metric: str) -> None:
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     parent, best = result.parent_run_id, result.best
-    client.log_text(parent, format_table(result.rows, metric, cfg.sweep.mode, best) + "\n\n" + result.rule + "\n", "trials.txt")
+    table = format_table(result.rows, metric, cfg.sweep.mode, best)
+    client.log_text(parent, f"{table}\n\n{result.rule}\n", "trials.txt")
     if best is not None:
         client.log_metric(parent, f"best/{metric}", best.best)
         client.set_tag(parent, "best_run_id", best.run_id)

@@ -149,7 +149,7 @@ def log_run_files(cfg, run_id: str, export: Path | None) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from trainer.tracking import configure_client
+    from trainer.tracking import configure_client, redacted_yaml
 
     configure_client()
     try:
@@ -159,21 +159,3 @@ def log_run_files(cfg, run_id: str, export: Path | None) -> None:
             client.log_artifact(run_id, str(export), "export")
     except Exception as err:  # noqa: BLE001 - see the docstring
         log.warning("could not log the export and config to MLflow run %s: %s", run_id, err)
-
-
-def redacted_yaml(cfg) -> str:
-    """The resolved config (a config tree or its dict) as YAML, secrets hidden as in the run's params
-    (by key name, and passwords inside URIs)."""
-    import dataclasses
-
-    import yaml
-
-    from trainer.config_tree import to_dict
-    from trainer.tracking import redact
-
-    def walk(node: Any, key: str) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v, f"{key}.{k}" if key else k) for k, v in node.items()}
-        return redact(key, node) if isinstance(node, str) else node
-
-    return yaml.safe_dump(walk(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, ""), sort_keys=False)

@@ -10,7 +10,6 @@ import time
 from typing import Any, Iterable, Iterator
 
 import torch
-import torch.distributed as tdist
 
 from trainer import distributed as dist
 
@@ -60,9 +59,7 @@ def agreed_batches(loader: Iterable[Any], limit: int, budget: TimeBudget | None 
             batch = next(batches, None)
             in_time = budget is None or not budget.over()
             flags = torch.tensor([batch is not None, in_time], dtype=torch.int32, device=dist.device())  # NCCL: no CPU tensors
-            if dist.world_size() > 1:
-                tdist.all_reduce(flags, op=tdist.ReduceOp.MIN)
-            have, in_time = flags.tolist()
+            have, in_time = dist.all_reduce_min(flags).tolist()
             if not have:
                 return
             if not in_time:

@@ -65,6 +65,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over the ranks, in place (on ``device()``: NCCL refuses CPU tensors)."""
+    if world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def all_reduce_min(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum over the ranks, in place."""
+    if world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
 def backend() -> str:
     """nccl with a GPU, gloo without: DeepSpeed's CPU accelerator uses gloo (ccl needs oneCCL)."""
     return "nccl" if torch.cuda.is_available() else "gloo"

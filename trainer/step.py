@@ -17,11 +17,11 @@ the others run would hang their all-reduce) and is reported by name.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import torch.distributed as tdist
 from torch import Tensor, nn
 
 from models.config import LossConfig
@@ -30,6 +30,9 @@ from models.generator import Rollout
 from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
 from trainer.engines import Engines
+
+if TYPE_CHECKING:  # the loader imports DALI: only its batch type is needed here
+    from dataio.loader import ClipBatch
 
 
 class Discriminators(nn.Module):
@@ -74,73 +77,105 @@ class ChunkResult:
         return bool(self.bad_terms)
 
 
-def train_batch(engines: Engines, batch: Any, settings: StepSettings) -> list[ChunkResult]:
-    """Train on one ``ClipBatch`` (rgb/labels/flow/flow_conf [B, T, ...]); one result per chunk."""
-    rgb, labels = batch.rgb.to(settings.dtype), batch.labels.to(settings.dtype)
-    flow, conf = batch.flow.to(settings.dtype), batch.flow_conf.to(settings.dtype)
-    frames = rgb.shape[1]
+def train_batch(engines: Engines, batch: ClipBatch, settings: StepSettings) -> list[ChunkResult]:
+    """Train on one batch of clips (rgb/labels/flow/flow_conf [B, T, ...]); one result per chunk."""
+    clips = dataclasses.replace(batch, **{name: getattr(batch, name).to(settings.dtype)
+                                          for name in ("rgb", "labels", "flow", "flow_conf")})
+    frames = clips.rgb.shape[1]
     # Every output of the clip so far, detached, across chunks: the temporal windows reach back.
     rollout = Rollout(engines.generator.module, forward=engines.generator, keep_all=True)
     results = []
     for start in range(0, frames, settings.frames_per_step):
-        stop = min(frames, start + settings.frames_per_step)
-        results.append(_chunk(engines, settings, rgb, labels, flow, conf, rollout, start, stop))
+        chunk = _generate(settings, clips, rollout, start, min(frames, start + settings.frames_per_step))
+        losses, bad = _update_discriminator(engines.discriminator, settings, chunk)
+        if not bad:
+            g_losses, bad = _update_generator(engines, settings, chunk)
+            losses.update(g_losses)
+        results.append(ChunkResult(_floats(losses), bad, chunk.frames))
     return results
 
 
-def _chunk(engines: Engines, s: StepSettings, rgb: Tensor, labels: Tensor, flow: Tensor, conf: Tensor,
-           rollout: Rollout, start: int, stop: int) -> ChunkResult:
-    engG, engD = engines.generator, engines.discriminator
-    with_previous = {"label_only": True} if s.loss.label_only > 0 else {}
-    outs = [rollout.step(labels[:, t], **with_previous) for t in range(start, stop)]
-    history = rollout.images
+@dataclass
+class Chunk:
+    """Frames ``start..stop`` of the clips, generated, and what both updates judge them against."""
+    labels: Tensor
+    real: Tensor
+    fake: Tensor
+    """The outputs [B, f, 3, H, W], with their graph (the G update backpropagates through them)."""
+    windows: tuple[Tensor | None, Tensor | None, Tensor | None]
+    """The temporal discriminator's (real, fake, flow) windows ending at the newest frame."""
+    with_flow: list[int]
+    """The chunk's frames that have a previous frame (a flow), indices into the chunk."""
+    extra: dict[str, Tensor]
+    """Frames the image terms judge besides the outputs, on ``with_flow`` frames: the raw hallucinated
+    h and the labels-alone frame (the first frame's path)."""
+    flow: FlowInputs | None
+
+    @property
+    def frames(self) -> int:
+        return self.real.shape[1]
+
+
+def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start: int, stop: int) -> Chunk:
+    with_previous = {"label_only": True} if settings.loss.label_only > 0 else {}
+    outs = [rollout.step(clips.labels[:, t], **with_previous) for t in range(start, stop)]
     fake = torch.stack([o.image for o in outs], dim=1)
-    real, lab = rgb[:, start:stop], labels[:, start:stop]
-    window_real, window_fake, window_flow = _temporal_windows(s, rgb, flow, history, fake, start, stop)
-    # Frames the image terms judge besides the outputs, where they differ from them (frames with a
-    # flow): the raw hallucinated h, and the labels-alone frame (the first frame's path).
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]
     extra = {name: torch.stack([getattr(outs[i], name) for i in with_flow], dim=1)
-             for name in ("hallucinated", "label_only") if with_flow and getattr(s.loss, name) > 0}
+             for name in ("hallucinated", "label_only") if with_flow and getattr(settings.loss, name) > 0}
+    return Chunk(labels=clips.labels[:, start:stop], real=clips.rgb[:, start:stop], fake=fake,
+                 windows=_temporal_windows(settings, clips.rgb, clips.flow, rollout.images, fake, start, stop),
+                 with_flow=with_flow, extra=extra,
+                 flow=_flow_inputs(outs, clips.rgb, clips.labels, clips.flow, clips.flow_conf, rollout.images, start))
 
-    # 1. Discriminator update on real and detached fake.
-    d_real, t_real = engD(lab, real, window_real, window_flow)
-    d_fake, t_fake = engD(lab, fake.detach(), None if window_fake is None else window_fake.detach(), window_flow)
-    d_extra = {name: engD(lab[:, with_flow], frames.detach(), None, None)[0] for name, frames in extra.items()}
-    d_terms = discriminator_losses(s.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake,
-                                   d_extra=d_extra)
-    losses = {f"d/{k}": v for k, v in d_terms.items()}
+
+def _update_discriminator(engine, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, Tensor], list[str]]:
+    """Real against detached fake frames (and windows); the losses, and the non-finite ones (then no
+    update)."""
+    window_real, window_fake, window_flow = chunk.windows
+    labels = chunk.labels
+    d_real, t_real = engine(labels, chunk.real, window_real, window_flow)
+    d_fake, t_fake = engine(labels, chunk.fake.detach(), None if window_fake is None else window_fake.detach(),
+                            window_flow)
+    d_extra = {name: engine(labels[:, chunk.with_flow], frames.detach(), None, None)[0]
+               for name, frames in chunk.extra.items()}
+    terms = discriminator_losses(settings.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake,
+                                 d_extra=d_extra)
+    losses = {f"d/{k}": v for k, v in terms.items()}
     bad = _non_finite(losses)
-    if bad:
-        return ChunkResult(_floats(losses), bad, stop - start)
-    engD.backward(d_terms["total"])
-    engD.step()
+    if not bad:
+        engine.backward(terms["total"])
+        engine.step()
+    return losses, bad
 
-    # 2. Generator update through frozen discriminators.
-    d_module = engD.module
-    d_module.requires_grad_(False)
+
+def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, Tensor], list[str]]:
+    """Every generator term through the frozen discriminators; the losses, and the non-finite ones
+    (then no update)."""
+    window_real, window_fake, window_flow = chunk.windows
+    labels, real = chunk.labels, chunk.real
+    discriminators = engines.discriminator.module
+    discriminators.requires_grad_(False)
     try:
         with torch.no_grad():
-            d_real, t_real = d_module(lab, real, window_real, window_flow)
-        d_fake, t_fake = d_module(lab, fake, window_fake, window_flow)
-        d_real_with_flow = _frames(d_real, real.shape[:2], with_flow) if extra else None
-        extra_inputs = [ExtraFrames(name, frames, real[:, with_flow], d_real=d_real_with_flow,
-                                    d_fake=d_module(lab[:, with_flow], frames, None, None)[0])
-                         for name, frames in extra.items()]
-        g_terms = generator_losses(s.loss, fake=fake, real=real, d_fake=d_fake, d_real=d_real,
-                                   t_fake=t_fake, t_real=t_real, vgg=s.vgg, extra=extra_inputs,
-                                   flow=_flow_inputs(outs, rgb, labels, flow, conf, history, start))
-        g_losses = {f"g/{k}": v for k, v in g_terms.items()}
-        losses.update(g_losses)
-        bad = _non_finite(g_losses)
+            d_real, t_real = discriminators(labels, real, window_real, window_flow)
+        d_fake, t_fake = discriminators(labels, chunk.fake, window_fake, window_flow)
+        d_real_with_flow = _frames(d_real, real.shape[:2], chunk.with_flow) if chunk.extra else None
+        extra = [ExtraFrames(name, frames, real[:, chunk.with_flow], d_real=d_real_with_flow,
+                             d_fake=discriminators(labels[:, chunk.with_flow], frames, None, None)[0])
+                 for name, frames in chunk.extra.items()]
+        terms = generator_losses(settings.loss, fake=chunk.fake, real=real, d_fake=d_fake, d_real=d_real,
+                                 t_fake=t_fake, t_real=t_real, vgg=settings.vgg, extra=extra, flow=chunk.flow)
+        losses = {f"g/{k}": v for k, v in terms.items()}
+        bad = _non_finite(losses)
         if not bad:
-            engG.backward(g_terms["total"])
-            engG.step()
-            if s.on_generator_update is not None:
-                s.on_generator_update()
+            engines.generator.backward(terms["total"])
+            engines.generator.step()
+            if settings.on_generator_update is not None:
+                settings.on_generator_update()
     finally:
-        d_module.requires_grad_(True)
-    return ChunkResult(_floats(losses), bad, stop - start)
+        discriminators.requires_grad_(True)
+    return losses, bad
 
 
 def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> list[list[Tensor]]:
@@ -149,14 +184,14 @@ def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> li
     return [[x.unflatten(0, batch_frames)[:, index].flatten(0, 1) for x in scale] for scale in outputs]
 
 
-def _temporal_windows(s: StepSettings, rgb: Tensor, flow: Tensor, history: list[Tensor], fake: Tensor,
+def _temporal_windows(settings: StepSettings, rgb: Tensor, flow: Tensor, history: list[Tensor], fake: Tensor,
                       start: int, stop: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The temporal discriminator's (real, fake, flow) windows: the newest ``_temporal_span`` frames.
 
     Older frames of the fake window come from the detached history; the chunk's own frames keep their
     graph for G. A chunk longer than the window contributes only its newest frames.
     """
-    span = _temporal_span(s, stop)
+    span = _temporal_span(settings, stop)
     if not span:
         return None, None, None
     first = stop - span
@@ -167,16 +202,16 @@ def _temporal_windows(s: StepSettings, rgb: Tensor, flow: Tensor, history: list[
     return rgb[:, first:stop], window_fake, flow[:, first:stop]
 
 
-def _temporal_span(s: StepSettings, stop: int) -> int:
+def _temporal_span(settings: StepSettings, stop: int) -> int:
     """Frames of the temporal window ending at frame ``stop - 1``, 0 when none fits yet.
 
     The longest window that fits, of length (K-1)*m + 1 so that the stride-1 windows tile it exactly
     up to the newest frame, capped at the window of the coarsest temporal scale.
     """
-    k = s.temporal_frames
-    if not s.temporal_scales or k < 2 or stop < k:
+    k = settings.temporal_frames
+    if not settings.temporal_scales or k < 2 or stop < k:
         return 0
-    longest = (k - 1) * k ** (s.temporal_scales - 1) + 1
+    longest = (k - 1) * k ** (settings.temporal_scales - 1) + 1
     n = min(stop, longest)
     return n - (n - 1) % (k - 1)
 
@@ -205,9 +240,7 @@ def _non_finite(terms: dict[str, Tensor]) -> list[str]:
     # On dist.device(): NCCL (the GPU backend) refuses CPU tensors in a collective.
     flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names],
                          device=dist.device())
-    if dist.world_size() > 1:
-        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-    return [n for n, f in zip(names, flags.tolist()) if f]
+    return [n for n, f in zip(names, dist.all_reduce_max(flags).tolist()) if f]
 
 
 def _floats(terms: dict[str, Tensor]) -> dict[str, float]:

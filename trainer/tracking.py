@@ -38,6 +38,23 @@ def redact(key: str, value: Any) -> str:
     return _URI_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)[:6000]
 
 
+def redacted_yaml(cfg: Any) -> str:
+    """The resolved config (a config tree or its dict) as YAML, secrets hidden as in the run's params
+    (by key name, and passwords inside URIs): the ``config.yaml`` logged with a run or a model."""
+    import dataclasses
+
+    import yaml
+
+    from trainer.config_tree import to_dict
+
+    def walk(node: Any, key: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{key}.{k}" if key else k) for k, v in node.items()}
+        return redact(key, node) if isinstance(node, str) else node
+
+    return yaml.safe_dump(walk(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, ""), sort_keys=False)
+
+
 def configure_client() -> None:
     """Our own sender retries every flush; MLflow's minutes-long backoff on top would only delay it."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -155,7 +155,8 @@ def test_every_socket_of_the_embedded_ray_is_on_loopback(trained: dict) -> None:
     assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::RayTrainWorker") for n in names)
     elsewhere = {s for s in trained["listening"] if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
     # A Ray worker's process title follows the task it runs: the store's one port, in a Ray worker.
-    assert len({port for _, _, port in elsewhere}) <= 1 and all(n.startswith("ray::") for n, _, _ in elsewhere), elsewhere
+    assert len({port for _, _, port in elsewhere}) <= 1, elsewhere
+    assert all(name.startswith("ray::") for name, _, _ in elsewhere), elsewhere
 
 
 def tempfile_short() -> str:

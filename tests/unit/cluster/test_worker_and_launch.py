@@ -8,7 +8,8 @@ import pytest
 
 from cluster.config import load
 from cluster.launch import resolve
-from cluster.worker import CheckpointReporter, redacted_yaml, report_name, trainer_name
+from cluster.worker import CheckpointReporter, report_name, trainer_name
+from trainer.tracking import redacted_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 
