@@ -67,3 +67,27 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def embedded_ray_env(**extra: str) -> dict[str, str]:
+    """The environment of a `vid2vid` process that starts or joins Ray in a test: loopback, no token,
+    no usage stats or telemetry, one OpenMP thread, the shared DeepSpeed build cache, and never a
+    RAY_ADDRESS from the caller's shell."""
+    found = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
+                 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
+                 TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                     str(Path.home() / ".cache" / "torch_extensions_vid2vid")),
+                 **extra)
+    found.pop("RAY_ADDRESS", None)
+    return found
+
+
+def synth_and_pack(config: Path, root: Path) -> Path:
+    """The config's synthetic sequences under ``root/synth``, packed into ``root/shards``; returns ``root``."""
+    from cluster.config import load
+    from dataio import pack, synth
+
+    cfg = load(config, [f"data.shards={root}/shards", f"data.synth.out={root}/synth", f"data.pack.source={root}/synth"])
+    synth.generate(cfg.data.synth)
+    pack.pack(cfg.data, progress=False)
+    return root

@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from live_servers import embedded_ray_env, synth_and_pack
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_train.yaml"
 BIN = Path(sys.executable).parent
@@ -29,22 +31,7 @@ NAME = "lost-node"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    from dataio import pack, synth
-    from trainer.config import load
-    cfg = load(CONFIG, [f"data.shards={root}/shards", f"data.synth.out={root}/synth", f"data.pack.source={root}/synth"])
-    synth.generate(cfg.data.synth)
-    pack.pack(cfg.data, progress=False)
-    return root / "shards"
-
-
-def env() -> dict[str, str]:
-    found = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-                 RAY_AUTH_MODE="disabled", MLFLOW_DISABLE_TELEMETRY="true",
-                 TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                     str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
-    found.pop("RAY_ADDRESS", None)
-    return found
+    return synth_and_pack(CONFIG, tmp_path_factory.mktemp("tiny")) / "shards"
 
 
 def raylet_of(node) -> psutil.Process:
@@ -64,7 +51,7 @@ def train_workers_under(raylet: psutil.Process) -> list[psutil.Process]:
 
 
 def test_a_run_survives_the_loss_of_a_worker_s_node(shards: Path) -> None:
-    os.environ.update({k: v for k, v in env().items() if k.startswith("RAY_")})
+    os.environ.update({k: v for k, v in embedded_ray_env().items() if k.startswith("RAY_")})
     from ray.cluster_utils import Cluster
 
     work = Path(tempfile.mkdtemp(prefix="v2vnode-", dir="/tmp"))  # short: Ray's sockets live under it
@@ -77,7 +64,7 @@ def test_a_run_survives_the_loss_of_a_worker_s_node(shards: Path) -> None:
                    f"checkpoint.dir={work / 'checkpoints'}", "tracking.enabled=false", f"cluster.name={NAME}",
                    "cluster.num_workers=2", "cluster.max_failures=2", f"cluster.storage_path={work / 'storage'}"]
         with open(work / "train.log", "w") as log:
-            proc = subprocess.Popen(command, cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(command, cwd=work, env=embedded_ray_env(), stdout=log, stderr=subprocess.STDOUT)
         storage = work / "storage" / NAME
         lost = None
         deadline = time.monotonic() + 400

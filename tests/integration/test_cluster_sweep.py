@@ -11,7 +11,6 @@ Two sweeps of the demo config (real data, real Ray, real MLflow on sqlite):
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -21,19 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from live_servers import embedded_ray_env, synth_and_pack
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "sweep_demo.yaml"
 BIN = Path(sys.executable).parent
 GRID = "sweep.search={train.generator.lr: {grid: [1.0e-3, 3.0e-4, 1.0e-8, 1.0e-9]}}"
-
-
-def env() -> dict[str, str]:
-    found = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-                 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-                 TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                     str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
-    found.pop("RAY_ADDRESS", None)
-    return found
 
 
 def sweep_command(work: Path, *overrides: str) -> list[str]:
@@ -43,19 +35,14 @@ def sweep_command(work: Path, *overrides: str) -> list[str]:
 
 
 def workdir() -> Path:
-    work = Path(tempfile.mkdtemp(prefix="v2vsweep-", dir="/tmp"))  # short: Ray's sockets live under it
-    from cluster.config import load
-    from dataio import pack, synth
-    cfg = load(CONFIG, [f"data.shards={work}/shards", f"data.synth.out={work}/synth", f"data.pack.source={work}/synth"])
-    synth.generate(cfg.data.synth)
-    pack.pack(cfg.data, progress=False)
-    return work
+    # Short: Ray's sockets live under it.
+    return synth_and_pack(CONFIG, Path(tempfile.mkdtemp(prefix="v2vsweep-", dir="/tmp")))
 
 
 @pytest.fixture(scope="module")
 def swept() -> dict:
     work = workdir()
-    proc = subprocess.run(sweep_command(work, GRID, "sweep.num_samples=1"), cwd=work, env=env(),
+    proc = subprocess.run(sweep_command(work, GRID, "sweep.num_samples=1"), cwd=work, env=embedded_ray_env(),
                           capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     yield {"out": proc.stdout, "uri": f"sqlite:///{work / 'mlflow.db'}", "work": work}
@@ -114,7 +101,7 @@ def test_the_best_by_held_out_psnr_read_back_from_mlflow_is_the_champion(swept: 
     trials = client.download_artifacts(parent.info.run_id, "trials.txt", str(swept["work"]))
     assert Path(trials).read_text().splitlines()[0].split()[:2] == ["TRIAL", "train.generator.lr"]
     listed = subprocess.run([str(BIN / "vid2vid"), "model", "list", "--tracking-uri", swept["uri"]],
-                            env=env(), capture_output=True, text=True, timeout=120)
+                            env=embedded_ray_env(), capture_output=True, text=True, timeout=120)
     row = next(line for line in listed.stdout.splitlines() if line.startswith("vid2vid-sweep"))
     assert f"psnr={champion.tags['eval/psnr']}" in row, listed.stdout
 
@@ -122,7 +109,7 @@ def test_the_best_by_held_out_psnr_read_back_from_mlflow_is_the_champion(swept: 
 def test_an_interrupted_sweep_says_so_and_publishes_nothing() -> None:
     work = workdir()
     try:
-        proc = subprocess.Popen(sweep_command(work), cwd=work, env=env(), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(sweep_command(work), cwd=work, env=embedded_ray_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         seen = []
         for line in proc.stdout:  # the README's search; Ctrl-C once a trial has reported

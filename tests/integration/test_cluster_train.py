@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from live_servers import start_mlflow_server, stop_group
+from live_servers import embedded_ray_env, start_mlflow_server, stop_group, synth_and_pack
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_train.yaml"
@@ -35,23 +35,12 @@ NAME = "tiny-ray"
 
 
 def env() -> dict[str, str]:
-    out = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path.home() / ".cache" / "torch_extensions_vid2vid")))
-    out.pop("RAY_ADDRESS", None)
-    return out
+    return embedded_ray_env(PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    from cluster.config import load
-    from dataio import pack, synth
-    cfg = load(CONFIG, [f"data.shards={root}/shards", f"data.synth.out={root}/synth", f"data.pack.source={root}/synth"])
-    synth.generate(cfg.data.synth)
-    pack.pack(cfg.data, progress=False)
-    return root
+    return synth_and_pack(CONFIG, tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from live_servers import synth_and_pack
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_train.yaml"
 ZERO2 = ["train.generator.zero_stage=2", "train.discriminator.zero_stage=2",
@@ -54,13 +56,7 @@ def metric_history(workdir: Path, key: str) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny real shards: synthetic sequences packed by the data layer (as tiny_train.yaml expects)."""
-    root = tmp_path_factory.mktemp("tiny")
-    from dataio import pack, synth
-    from trainer.config import load
-    cfg = load(CONFIG, [f"data.shards={root}/shards", f"data.synth.out={root}/synth", f"data.pack.source={root}/synth"])
-    synth.generate(cfg.data.synth)
-    pack.pack(cfg.data, progress=False)
-    return root / "shards"
+    return synth_and_pack(CONFIG, tmp_path_factory.mktemp("tiny")) / "shards"
 
 
 def workdir_with(tmp: Path, shards: Path) -> Path:
