@@ -6,6 +6,7 @@ flags (have a batch, still in time) with MIN and all take the same way out.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Iterable, Iterator
 
@@ -71,3 +72,11 @@ def agreed_batches(loader: Iterable[Any], limit: int, budget: TimeBudget | None 
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+
+
+def on_device(batch, device: torch.device):
+    """``batch`` (a ``ClipBatch``) with its tensors on ``device``."""
+    if batch.rgb.device == device:
+        return batch
+    return dataclasses.replace(batch, rgb=batch.rgb.to(device), labels=batch.labels.to(device),
+                               flow=batch.flow.to(device), flow_conf=batch.flow_conf.to(device))

@@ -26,22 +26,34 @@ A full disk: a save that would not fit (the next checkpoint is taken to be the s
 plus 10%) is refused before anything is written, and one that fills the disk part way removes its
 ``.partial-`` folder; both raise ``CheckpointSpaceError`` naming the folder and the free space, and
 the earlier checkpoints stay intact.
+
+``Checkpointer`` is a run's save policy on top of that protocol: what a checkpoint records
+(``Progress``, the stage, the config), engine files reused when only the data position moved, and the
+launcher's hook after every complete save.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from dataio.errors import UserInputError
 from dataio.storage import AtomicFile, fsync_path
 from trainer import distributed as dist
+
+if TYPE_CHECKING:
+    from trainer.average import WeightAverage
+    from trainer.config import CheckpointConfig
+    from trainer.engines import Engines
+    from trainer.schedule import Stage
 
 _NAME = re.compile(r"^step-(\d{9})$")
 _RNG = re.compile(r"^rng-rank\d+\.pt$")
@@ -52,6 +64,91 @@ TRAINER_FILE = "trainer.pt"
 
 class CheckpointSpaceError(UserInputError, OSError):
     """The checkpoint folder's file system cannot hold another checkpoint: retrying cannot help."""
+
+
+@dataclass
+class Progress:
+    """The trainer state a checkpoint carries (besides the engines, the stage and RNG)."""
+    epoch: int = 0
+    """The epoch in progress (or the next to start)."""
+    batch: int = 0
+    """Batches of ``epoch`` already trained: a resumed run skips that many."""
+    step: int = 0
+    """Optimizer updates (chunks) attempted so far, skipped ones included."""
+    skipped: int = 0
+    bad_in_row: int = 0
+    run_id: str = ""
+    """The MLflow run, continued by a resumed run."""
+    new_params: list[int] = field(default_factory=list)
+    """The generator engine's fresh param group (``Engines.new_params``) at the save."""
+    eval: dict[str, float] = field(default_factory=dict)
+    """The latest held-out scores (``eval/psnr`` ...) and ``eval/step``, the step they were taken at:
+    what picks the best checkpoint of a run (``vid2vid model publish --best``)."""
+
+
+CheckpointHook = Callable[[Path, dict[str, float]], None]
+"""``(folder, last_losses)``, on every rank after each complete checkpoint."""
+
+
+class Checkpointer:
+    """A run's saves: ``save`` writes a checkpoint of the run's state and calls the hook.
+
+    When only the data position moved since the last save (the epoch-end save right after a periodic
+    save of the same step, or after a resume at an epoch's last batch), the engines are not written
+    again: the new checkpoint of that step links the last one's engine files. It is still a full save
+    (a new position and RNG, sealed atomically, and one save per call for whoever counts them: the
+    cluster worker reports each save to Ray).
+    """
+
+    def __init__(self, cfg: CheckpointConfig, config: dict[str, Any], on_checkpoint: CheckpointHook | None = None
+                 ) -> None:
+        self.cfg, self.config, self.on_checkpoint = cfg, config, on_checkpoint
+        self.last: Path | None = latest_checkpoint(cfg.dir) if cfg.resume else None
+        """The newest checkpoint: the one a run resumes from, then its own last save."""
+
+    def save(self, progress: Progress, stage: Stage, engines: Engines, average: WeightAverage,
+             last_losses: dict[str, float]) -> Path:
+        state = {"progress": dataclasses.asdict(progress), "config": self.config, "stage": dataclasses.asdict(stage),
+                 "world_size": dist.world_size(), "param_checksum": _check_ranks_agree(engines)}
+
+        def write_engines(folder: Path) -> None:
+            engines.save(folder)
+            average.save(folder)
+        # Rank 0's choice for all: ranks' states can differ (only rank 0's tracker knows the run id),
+        # and a rank writing engines that the others link would hang DeepSpeed's collective save.
+        if dist.broadcast(_only_position_moved(self.last, progress.step, state)):
+            write_engines = reuse_engine_files(self.last)
+        self.last = save(self.cfg.dir, progress.step, state, write_engines, self.cfg.keep, self.cfg.keep_best)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last, last_losses)
+        return self.last
+
+
+_POSITION = ("epoch", "batch")
+
+
+def _only_position_moved(last: Path | None, step: int, state: dict[str, Any]) -> bool:
+    """True when checkpoint ``last`` is of ``step`` and differs from ``state`` in the data position only."""
+    if last is None or last.name != checkpoint_name(step) or not last.is_dir():
+        return False
+    return _without_position(load_trainer_state(last)) == _without_position(state)
+
+
+def _without_position(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "progress": {k: v for k, v in state["progress"].items() if k not in _POSITION}}
+
+
+def _check_ranks_agree(engines: Engines) -> list[float]:
+    """Parameter sums of both networks, checked equal on every rank before they are saved.
+
+    Data-parallel ranks must hold identical weights (ZeRO 0-2 keep full copies); a difference means a
+    bug (a rank skipped an update the others made), and saving would make it permanent.
+    """
+    sums = [float(sum(p.detach().double().sum() for p in e.module.parameters()))
+            for e in (engines.generator, engines.discriminator)]
+    if not dist.all_equal(sums):
+        raise RuntimeError(f"rank {dist.rank()}: parameters differ between ranks (sums {sums}); not saving")
+    return sums
 
 
 def checkpoint_name(step: int) -> str:

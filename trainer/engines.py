@@ -14,7 +14,7 @@ keep training are copied from the old engine to the new one (``optimizer_state``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from dataio.errors import UserInputError
-from trainer.config import EngineConfig
+from trainer.config import EngineConfig, TrainConfig
+from trainer.schedule import Stage
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,10 @@ class Engines:
     """The two engines of the GAN."""
     generator: Any
     discriminator: Any
+    new_params: list[int] = field(default_factory=list)
+    """Indices (in ``generator.parameters()`` order) of the generator engine's fresh Adam param group:
+    a checkpoint records them, so that a resumed run builds the engine with the same layout and its
+    optimizer state loads."""
 
     def save(self, folder: Path) -> None:
         """Write both engines under ``folder`` (every rank; ZeRO ranks write their own shards). Each
@@ -249,3 +254,45 @@ class Engines:
     def destroy(self) -> None:
         for engine in (self.generator, self.discriminator):
             engine.destroy()
+
+
+def for_stage(stage: Stage, generator: nn.Module, discriminators: nn.Module, current: Engines | None,
+              cfg: TrainConfig, micro_batch: int) -> Engines:
+    """Engines for ``stage`` (its scales made active and trainable): ``current`` when the trainable
+    generator parameters stay the same, else the generator engine is rebuilt and the parameters that
+    keep training carry their Adam moments over."""
+    params = list(generator.parameters())
+    before = {id(p) for p in params if p.requires_grad} if current is not None else set()
+    _set_scales(stage, generator)
+    after = [p for p in params if p.requires_grad]
+    if current is not None and {id(p) for p in after} == before:
+        return current
+    if current is None:
+        return Engines(build(generator, cfg.generator, micro_batch), build(discriminators, cfg.discriminator, micro_batch))
+    continuing = [p for p in after if id(p) in before]
+    new = [p for p in after if id(p) not in before]
+    carried = optimizer_state(current.generator, continuing)
+    current.generator.destroy()
+    engine = build(generator, cfg.generator, micro_batch, new_params=new)
+    restored = load_optimizer_state(engine, continuing, carried)
+    log.info("generator engine rebuilt for scales %s: %d tensors carry their Adam moments, %d start fresh",
+             stage.trainable_scales, restored, len(new))
+    index = {id(p): i for i, p in enumerate(params)}
+    return Engines(engine, current.discriminator, [index[id(p)] for p in new])
+
+
+def resumed(stage: Stage, generator: nn.Module, discriminators: nn.Module, cfg: TrainConfig, micro_batch: int,
+            new_params: list[int], folder: Path) -> Engines:
+    """The engines saved in checkpoint ``folder`` at ``stage``, with the generator's fresh param group
+    ``new_params``: built with that layout, then loaded."""
+    _set_scales(stage, generator)
+    params = list(generator.parameters())
+    built = Engines(build(generator, cfg.generator, micro_batch, new_params=[params[i] for i in new_params]),
+                    build(discriminators, cfg.discriminator, micro_batch), list(new_params))
+    built.load(folder)
+    return built
+
+
+def _set_scales(stage: Stage, generator: nn.Module) -> None:
+    generator.set_active_scales(stage.scale + 1)
+    generator.set_trainable_scales(stage.trainable_scales)

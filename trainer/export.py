@@ -6,14 +6,20 @@ register it and ``generate`` can run it anywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dataio.labels import LabelSpec
 from dataio.storage import AtomicFile
+from trainer import distributed as dist
 from trainer.average import averaged_state
+from trainer.checkpoint import load_trainer_state
+from trainer.config_tree import to_dict
 from trainer.engines import TAG, check_pickled_classes
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 FORMAT = "vid2vid-generator/1"
 
@@ -54,6 +60,21 @@ def export_generator(checkpoint: str | Path, out: str | Path, *, zero_stage: int
                "active_scales": active_scales}
     with AtomicFile(out) as temp:
         torch.save(payload, temp)
+    return out
+
+
+def export_run(cfg: Config, folder: Path | None, labels: LabelSpec) -> Path | None:
+    """Export checkpoint ``folder`` of a run to ``export_path`` (rank 0 writes, every rank waits)."""
+    if folder is None:
+        return None
+    out = export_path(cfg.checkpoint.dir)
+    if dist.is_main():
+        # The scales of the checkpoint's stage, not the live model's: the last save may predate a
+        # stage change (saves are skipped after a non-finite step).
+        active_scales = load_trainer_state(folder)["stage"]["scale"] + 1
+        export_generator(folder, out, zero_stage=cfg.train.generator.zero_stage, model_config=to_dict(cfg.model),
+                         labels=labels, active_scales=active_scales)
+    dist.barrier()
     return out
 
 

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from models.generator import generate_clip
+from trainer import distributed as dist
+
+if TYPE_CHECKING:
+    from trainer.config import Config
+    from trainer.schedule import Stage
 
 
 def _palette(classes: int) -> torch.Tensor:
@@ -71,3 +79,26 @@ class Mp4Writer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def log_sample(tracker, cfg: Config, generator, batch, stage: Stage, epoch: int) -> None:
+    """labels | generated | real of the stage's last batch's first clip, as an mp4 artifact.
+
+    Every rank generates (the same clip): sharded engines gather weights collectively, so a forward on
+    rank 0 alone could hang. Rank 0 writes and logs it.
+    """
+    if not cfg.tracking.sample_video or not cfg.tracking.enabled:
+        return
+    generator.eval()
+    try:
+        with torch.no_grad():
+            clip = generate_clip(generator, batch.labels[:1].to(next(generator.parameters()).dtype))
+    finally:
+        generator.train()
+    if not dist.is_main():
+        return
+    frames = side_by_side(batch.labels[0], clip.images[0], batch.rgb[0])
+    folder = Path(cfg.checkpoint.dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_mp4(frames, folder / f"epoch{epoch:04d}-scale{stage.scale}-{stage.height}x{stage.width}.mp4")
+    tracker.log_artifact(path, "samples")

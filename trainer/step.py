@@ -18,6 +18,7 @@ the others run would hang their all-reduce) and is reported by name.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,10 +30,15 @@ from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import Rollout
 from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
-from trainer.engines import Engines
+from trainer.engines import Engines, precision
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the loader imports DALI: only its batch type is needed here
     from dataio.loader import ClipBatch
+    from models.build import Networks
+    from trainer.checkpoint import Progress
+    from trainer.config import Config
 
 
 class Discriminators(nn.Module):
@@ -63,6 +69,21 @@ class StepSettings:
     vgg: nn.Module | None = None
     on_generator_update: Callable[[], None] | None = None
     """Called after every generator update (the trainer folds the weights into their average)."""
+
+    @classmethod
+    def of(cls, cfg: Config, nets: Networks, device: torch.device,
+           on_generator_update: Callable[[], None] | None = None) -> StepSettings:
+        """The settings ``cfg`` gives for networks ``nets`` (the VGG network moved to ``device``)."""
+        vgg = nets.vgg.to(device).eval().requires_grad_(False) if nets.vgg is not None else None
+        return cls(loss=cfg.model.loss, frames_per_step=cfg.train.frames_per_step,
+                   temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
+                   temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,
+                   dtype=torch.bfloat16 if precision(cfg.train.generator) == "bf16" else torch.float32,
+                   on_generator_update=on_generator_update)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss; the message names the terms."""
 
 
 @dataclass
@@ -232,6 +253,21 @@ def _flow_inputs(outs: list[Any], rgb: Tensor, labels: Tensor, flow: Tensor, con
                       confidence=conf[:, ts], mask=stacked("mask"), warped=stacked("warped"),
                       output=stacked("image"), output_prev=torch.stack([history[t] for t in before], dim=1),
                       labels=labels[:, ts], labels_prev=labels[:, before])
+
+
+def count_skipped(result: ChunkResult, progress: Progress, limit: int) -> None:
+    """Count a skipped (non-finite) step; ``limit`` in a row stop training, naming the terms."""
+    if not result.skipped:
+        progress.bad_in_row = 0
+        return
+    progress.skipped += 1
+    progress.bad_in_row += 1
+    log.warning("step %d skipped: non-finite %s", progress.step, ", ".join(result.bad_terms))
+    if progress.bad_in_row >= limit:
+        raise NonFiniteLossError(
+            f"{progress.bad_in_row} consecutive steps with a non-finite loss (last, step {progress.step}: "
+            f"{', '.join(result.bad_terms)}); stopping (train.max_bad_steps={limit}). "
+            f"The last checkpoint is left as it was.")
 
 
 def _non_finite(terms: dict[str, Tensor]) -> list[str]:

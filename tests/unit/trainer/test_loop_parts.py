@@ -11,9 +11,10 @@ import torch.distributed as tdist
 from torch import nn
 
 from dataio.labels import LabelSpec
-from trainer import batches, checkpoint, distributed, loop, step
+from trainer import batches, checkpoint, distributed, export, step
 from trainer.average import AVERAGE_FILE, WeightAverage
 from trainer.config import load
+from trainer.config_tree import to_dict
 from trainer.schedule import Stage
 
 REPO = Path(__file__).resolve().parents[3]
@@ -62,32 +63,25 @@ class _Engines:
         torch.save(self.generator.module.state_dict(), folder / "generator" / "model.pt")
 
 
-def bare_run(tmp_path: Path) -> loop._Run:
-    run = loop._Run.__new__(loop._Run)  # no loader, networks or tracking: only what save() uses
-    run.cfg = load(REPO / "configs" / "tiny_train.yaml", [f"checkpoint.dir={tmp_path}", "checkpoint.keep=3"])
-    run.engines, run.progress, run.last_save, run.on_checkpoint = _Engines(), loop.Progress(), None, None
-    run.tracker = SimpleNamespace(run_id="run", set_tag=lambda *a: None, flush=lambda timeout_s: True)
-    run.stage, run.last_losses = Stage(0, 16, 32, 2, True), {}
-    run.average = WeightAverage(0.5)
-    run.average.reset(torch.nn.Linear(2, 2))
-    return run
-
-
 def test_epoch_end_save_of_a_saved_step_does_not_rewrite_the_engines(tmp_path: Path) -> None:
-    run = bare_run(tmp_path)
-    run.progress.epoch, run.progress.batch, run.progress.step = 0, 2, 4
-    run.save()  # the periodic save at the epoch's last batch
-    run.progress.epoch, run.progress.batch = 1, 0
-    run.save()  # the epoch-end save: same step, only the position moved
-    assert run.engines.writes == 1
+    cfg = load(REPO / "configs" / "tiny_train.yaml", [f"checkpoint.dir={tmp_path}", "checkpoint.keep=3"])
+    saver = checkpoint.Checkpointer(cfg.checkpoint, to_dict(cfg))
+    engines, progress, stage = _Engines(), checkpoint.Progress(), Stage(0, 16, 32, 2, True)
+    average = WeightAverage(0.5)
+    average.reset(torch.nn.Linear(2, 2))
+    progress.epoch, progress.batch, progress.step = 0, 2, 4
+    saver.save(progress, stage, engines, average, {})  # the periodic save at the epoch's last batch
+    progress.epoch, progress.batch = 1, 0
+    saver.save(progress, stage, engines, average, {})  # the epoch-end save: same step, only the position moved
+    assert engines.writes == 1
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000004"]
-    saved = checkpoint.load_trainer_state(run.last_save)["progress"]
+    saved = checkpoint.load_trainer_state(saver.last)["progress"]
     assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 4)
-    assert (run.last_save / "generator" / "model.pt").is_file()
-    assert (run.last_save / AVERAGE_FILE).is_file()  # the weight average goes with the engines
-    run.progress.step = 6  # trained on: the engines are written again
-    run.save()
-    assert run.engines.writes == 2
+    assert (saver.last / "generator" / "model.pt").is_file()
+    assert (saver.last / AVERAGE_FILE).is_file()  # the weight average goes with the engines
+    progress.step = 6  # trained on: the engines are written again
+    saver.save(progress, stage, engines, average, {})
+    assert engines.writes == 2
 
 
 def test_export_takes_the_scales_of_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +89,7 @@ def test_export_takes_the_scales_of_the_checkpoint(tmp_path: Path, monkeypatch: 
     cfg = load(REPO / "configs" / "tiny_train.yaml", [f"checkpoint.dir={tmp_path}"])
     folder = checkpoint.save(tmp_path, 3, {"stage": {"scale": 0}}, lambda f: None, keep=1)
     told: dict = {}
-    monkeypatch.setattr(loop, "export_generator", lambda *a, **kw: told.update(kw))
-    loop._export(cfg, folder, LabelSpec(8, has_edges=True))
+    monkeypatch.setattr(export, "export_generator", lambda *a, **kw: told.update(kw))
+    export.export_run(cfg, folder, LabelSpec(8, has_edges=True))
     assert told["active_scales"] == 1
 
