@@ -53,10 +53,16 @@ VARIANTS: dict[str, list[str]] = {
     # mask target in place of the occlusion target.
     "full_no_hallucinated": ["model.loss.hallucinated=0"],
     "full_no_output_warp": ["model.loss.output_warp=0"],
-    "full_no_label_only": ["model.loss.label_only=0"],
+    "full_no_label_only": ["model.loss.label_only=0", "model.generator.first_frame=shared"],
     "full_mask_output": ["model.loss.mask_target=output"],
     # The flow head alone, as in the paper, without the label maps' flow to start from.
     "full_no_flow_prior": ["model.generator.flow_prior=none"],
+    # The first frame from the sequential generator's own label encoder and image decoder.
+    "full_shared_first_frame": ["model.generator.first_frame=shared"],
+    # The mask pushed to its target by imaginaire's L1 (the median) instead of cross-entropy.
+    "full_mask_l1": ["model.loss.mask_criterion=l1"],
+    # Both: the objective before these two choices.
+    "full_shared_first_frame_mask_l1": ["model.generator.first_frame=shared", "model.loss.mask_criterion=l1"],
 }
 SCORE_FILE = "score.json"
 
@@ -216,6 +222,7 @@ def diagnostics(cfg, run: Path) -> dict:
     from dataio.manifest import read_manifest
     from dataio.synth import disocclusions
     from models.generator import generate_clip
+    from models.label_flow import label_flow
     from models.metrics import FlowDiagnostics, flow_diagnostics, psnr, warping_error
 
     net = load_video_model(str(run), "cpu")
@@ -228,9 +235,12 @@ def diagnostics(cfg, run: Path) -> dict:
     data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
     loader = build_loader(data, height, width, frames, split=cfg.eval.split, augment=False)
     total = FlowDiagnostics()
-    # The same generator warping with the packed target flow instead of its own: what a perfect flow
-    # head would give (sums of the warping errors, as the eval pools them, and of clip PSNRs).
-    oracle = {"error": 0.0, "real": 0.0, "psnr": 0.0, "clips": 0}
+    # The same generator warping with another flow instead of its own: the packed target flow (what a
+    # perfect flow head would give) and the label maps' flow alone (the prior without the head's
+    # correction). Sums of the warping errors (as the eval pools them) and of clip PSNRs, and the
+    # end-point error of each flow against the exact one on visible pixels.
+    sums = {name: {"error": 0.0, "real": 0.0, "psnr": 0.0, "epe": 0.0} for name in ("target_flow", "label_flow")}
+    clips = visible = 0.0
     # The loader resizes labels nearest-neighbour from pixel centres: sample the truth the same way.
     pick = factor // 2
     try:
@@ -246,21 +256,32 @@ def diagnostics(cfg, run: Path) -> dict:
                 new[0] = False
                 truth_new.append(new[:, pick::factor, pick::factor])
                 truth_flow.append(flow[:, pick::factor, pick::factor].transpose(0, 3, 1, 2) / factor)
+            true_flow, true_new = torch.from_numpy(np.stack(truth_flow)), torch.from_numpy(np.stack(truth_new))
+            seen = (~true_new[:, 1:]).to(torch.float64)
+            flows = {"target_flow": batch.flow, "label_flow": torch.stack(
+                [torch.zeros_like(batch.flow[:, 0])] + [label_flow(batch.labels[:, t], batch.labels[:, t - 1])
+                                                        for t in range(1, batch.labels.shape[1])], dim=1)}
             with torch.no_grad():
                 clip = generate_clip(net.generator, batch.labels)
-                given = generate_clip(net.generator, batch.labels, flow=batch.flow).images
-            ours, real = (warping_error(x, batch.flow, batch.flow_conf) for x in (given, batch.rgb))
-            oracle["error"] += float((ours.error * ours.weight).nansum())
-            oracle["real"] += float((real.error * real.weight).nansum())
-            oracle["psnr"] += float(psnr(given, batch.rgb).mean(dim=1).sum())
-            oracle["clips"] += given.shape[0]
+                for name, flow in flows.items():
+                    given = generate_clip(net.generator, batch.labels, flow=flow).images
+                    ours, real = (warping_error(x, batch.flow, batch.flow_conf) for x in (given, batch.rgb))
+                    sums[name]["error"] += float((ours.error * ours.weight).nansum())
+                    sums[name]["real"] += float((real.error * real.weight).nansum())
+                    sums[name]["psnr"] += float(psnr(given, batch.rgb).mean(dim=1).sum())
+                    epe = (flow[:, 1:].to(torch.float64) - true_flow[:, 1:]).norm(dim=2)
+                    sums[name]["epe"] += float((epe * seen).sum())
+            clips += clip.images.shape[0]
+            visible += float(seen.sum())
             total = total + flow_diagnostics(clip.images, clip.hallucinated, clip.warped, clip.mask, clip.flow,
-                                             batch.rgb, torch.from_numpy(np.stack(truth_flow)),
-                                             torch.from_numpy(np.stack(truth_new)))
+                                             batch.rgb, true_flow, true_new)
     finally:
         loader.close()
-    return {**total.means(), "target_flow_warp_ratio": oracle["error"] / oracle["real"],
-            "target_flow_psnr": oracle["psnr"] / oracle["clips"]}
+    result = total.means()
+    for name, sum_ in sums.items():
+        result.update({f"{name}_warp_ratio": sum_["error"] / sum_["real"], f"{name}_psnr": sum_["psnr"] / clips,
+                       f"{name}_epe_visible": sum_["epe"] / visible})
+    return result
 
 
 def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
@@ -271,7 +292,8 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
         stats = {key: _spread([row[key] for row in runs]) for key in ("steps", "psnr", "ssim", "warp_ratio")}
         diag_keys = ("mask_disoccluded", "mask_visible", "mask_ratio", "l1_hallucinated", "l1_warped",
                      "l1_output", "flow_epe_visible", "zero_flow_epe_visible", "target_flow_warp_ratio",
-                     "target_flow_psnr")
+                     "target_flow_psnr", "target_flow_epe_visible", "label_flow_warp_ratio", "label_flow_psnr",
+                     "label_flow_epe_visible")
         stats.update({key: _spread([row["diagnostics"][key] for row in runs]) for key in diag_keys})
         by_frame = [row["diagnostics"]["psnr_by_frame"] for row in runs]
         stats["psnr_by_frame"] = [statistics.fmean(values) for values in zip(*by_frame)]
@@ -342,8 +364,9 @@ def print_report(rows: list[dict], summary: dict, args: argparse.Namespace) -> N
                   f"({v['mask_ratio']['mean']:.1f}x)  L1 h {v['l1_hallucinated']['mean']:.4f}  "
                   f"L1 warped {v['l1_warped']['mean']:.4f}  L1 output {v['l1_output']['mean']:.4f}  "
                   f"flow EPE {v['flow_epe_visible']['mean']:.3f} px (zero flow {v['zero_flow_epe_visible']['mean']:.3f})")
-            print(f"{'':<22} warping with the target flow instead: ratio {_fmt(v['target_flow_warp_ratio'], 3)}, "
-                  f"PSNR {v['target_flow_psnr']['mean']:.2f}")
+            for flow, what in (("target_flow", "the target flow"), ("label_flow", "the label flow alone")):
+                print(f"{'':<22} warping with {what} instead: ratio {_fmt(v[f'{flow}_warp_ratio'], 3)}, "
+                      f"PSNR {v[f'{flow}_psnr']['mean']:.2f}, flow EPE {v[f'{flow}_epe_visible']['mean']:.3f} px")
         print(f"{'':<22} PSNR by frame: " + " ".join(f"{p:.2f}" for p in v["psnr_by_frame"]))
     print("\nlearning curves (seed means): PSNR / warping-error ratio at seconds of training")
     for name, v in summary["variants"].items():

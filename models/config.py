@@ -13,7 +13,9 @@ NormKind = Literal["spade", "instance", "batch"]
 DiscriminatorNorm = Literal["instance", "batch", "none"]
 GanMode = Literal["hinge", "lsgan", "nonsaturating"]
 MaskTarget = Literal["occlusion", "output"]
+MaskCriterion = Literal["l1", "bce"]
 FlowPrior = Literal["labels", "none"]
+FirstFrame = Literal["shared", "own"]
 
 # VGG19 relu1_1 .. relu5_1, weighted as in pix2pixHD / vid2vid.
 PAPER_VGG_LAYER_WEIGHTS = [1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0]
@@ -55,6 +57,15 @@ class GeneratorConfig:
     (``models/label_flow.py``), computed on the CPU from the inputs; the head predicts a correction.
     ``none``: the head predicts the whole flow, as in the paper (it did not learn within CPU budgets:
     docs/performance.md)."""
+    first_frame: FirstFrame = "own"
+    """How a frame without a previous output (the first of a video) is made. ``own``: an image
+    generator of its own (an encoder of the current label map and a SPADE image decoder, the width of
+    the sequential one), as the reference code makes the first frame with a separate single-image
+    generator; it is trained on every frame by ``loss.label_only`` and the image decoder serves the
+    hallucinated frame h alone. ``shared``: the label encoder and image decoder of the sequential
+    generator decode the labels alone. Every later frame is carried forward from the first, so its
+    quality sets the clip's: on the quality benchmark ``own`` lifted PSNR by 0.19 dB on every frame
+    index (docs/performance.md)."""
     per_frame: bool = False
     """Ablation: the image-to-image baseline. No previous frames, no flow, no mask (m = 1), labels
     of the current frame only; the flow and previous-frame modules are not built."""
@@ -79,6 +90,8 @@ class GeneratorConfig:
             raise ValueError(f"spade_hidden must be >= 1, got {self.spade_hidden}")
         if self.flow_prior not in ("labels", "none"):
             raise ValueError(f"flow_prior must be 'labels' or 'none', got {self.flow_prior!r}")
+        if self.first_frame not in ("shared", "own"):
+            raise ValueError(f"first_frame must be 'shared' or 'own', got {self.first_frame!r}")
         if self.flow_multiplier <= 0:
             raise ValueError(f"flow_multiplier must be > 0, got {self.flow_multiplier}")
 
@@ -167,6 +180,12 @@ class LossConfig:
     another class); independent of how good the output already is. ``output``: where the previous
     output warped by the predicted flow differs from the real frame (imaginaire's rule): while the
     output is still far from the real frames that is almost everywhere."""
+    mask_criterion: MaskCriterion = "bce"
+    """How the mask is pushed to its target. ``bce``: binary cross-entropy (its minimum is the
+    probability that the pixel is new). ``l1``: imaginaire's masked L1, whose minimum is the median:
+    where the network cannot tell whether a pixel is new with better than even odds it learns 0, and on
+    the quality benchmark the mask stayed near 0.02-0.04 everywhere (1.2x higher on disoccluded
+    pixels than on visible ones; ``bce``: 2.7x, docs/performance.md)."""
     vgg_weights: str = ""
     """Local file with torchvision's VGG19 state dict (``vgg19-dcbb9e9d.pth`` layout). Nothing is
     downloaded. Empty means NO perceptual or style loss: a randomly initialised VGG is never used
@@ -180,6 +199,8 @@ class LossConfig:
         if len(self.perceptual_layers) != 5 or any(w < 0 for w in self.perceptual_layers):
             raise ValueError(f"perceptual_layers must be 5 weights >= 0 (relu1_1..relu5_1), "
                              f"got {self.perceptual_layers}")
+        if self.mask_criterion not in ("l1", "bce"):
+            raise ValueError(f"mask_criterion must be 'l1' or 'bce', got {self.mask_criterion!r}")
 
     @property
     def uses_vgg(self) -> bool:
@@ -194,3 +215,10 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.generator.first_frame == "own" and not self.generator.per_frame and self.loss.label_only == 0:
+            # Its only other training would be the first frame of each clip, so most updates would
+            # leave its parameters without a gradient, which the ZeRO engines do not accept.
+            raise ValueError("model.generator.first_frame: own trains the first-frame generator on every frame "
+                             "through model.loss.label_only, which is 0: set it > 0 or first_frame: shared")

@@ -58,9 +58,12 @@ class Generator(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        # Generators pickled before the flow prior existed were trained without it.
+        # Generators pickled before the flow prior and the first-frame choice existed were trained
+        # without the prior and with the shared first-frame path.
         if "flow_prior" not in vars(self.cfg):
             self.cfg.flow_prior = "none"
+        if "first_frame" not in vars(self.cfg):
+            self.cfg.first_frame = "shared"
 
     # -- scale control -------------------------------------------------------------------------
     @property

@@ -96,11 +96,14 @@ def warp_loss(real_prev: Tensor, real: Tensor, flow: Tensor, confidence: Tensor 
     return masked_l1(warp(real_prev, flow), real, confidence)
 
 
-def mask_loss(mask: Tensor, keep: Tensor) -> Tensor:
-    """Push the occlusion mask m to 0 (warp) where ``keep`` is 1 and to 1 (hallucinate) where it is 0:
-    mean(keep * m) + mean((1 - keep) * (1 - m)) (imaginaire's form); ``keep`` [..., 1, H, W] in [0, 1]
-    is detached by the caller's choice of rule (``warp_agreement`` or the flow's confidence)."""
+def mask_loss(mask: Tensor, keep: Tensor, criterion: str) -> Tensor:
+    """Push the occlusion mask m to 0 (warp) where ``keep`` is 1 and to 1 (hallucinate) where it is 0;
+    ``keep`` [..., 1, H, W] in [0, 1] is detached by the caller's choice of rule. ``l1``:
+    mean(keep * m) + mean((1 - keep) * (1 - m)) (imaginaire's form); ``bce``: the binary cross-entropy
+    of m against 1 - keep (in float32: it takes logarithms)."""
     keep = keep.detach()
+    if criterion == "bce":
+        return F.binary_cross_entropy(mask.float(), (1 - keep).float().expand_as(mask))
     return masked_l1(mask, torch.zeros_like(mask), keep) + masked_l1(mask, torch.ones_like(mask), 1 - keep)
 
 

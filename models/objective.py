@@ -129,7 +129,7 @@ def _flow_terms(cfg: LossConfig, flow: FlowInputs) -> dict[str, Tensor]:
     if cfg.mask > 0 and flow.mask is not None:
         keep = _warp_is_right(cfg, flow)
         if keep is not None:
-            terms["mask"] = cfg.mask * losses.mask_loss(flow.mask, keep)
+            terms["mask"] = cfg.mask * losses.mask_loss(flow.mask, keep, cfg.mask_criterion)
     if cfg.output_warp > 0 and flow.target is not None and flow.output is not None and flow.output_prev is not None:
         terms["output_warp"] = cfg.output_warp * losses.output_warp_loss(
             flow.output, flow.output_prev, flow.target, flow.confidence)

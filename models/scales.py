@@ -10,6 +10,10 @@ Both have the same shape (vid2vid's CompositeGenerator / CompositeLocalGenerator
 The flow conv starts at zero (the identity warp), so an untrained generator copies its previous frame
 where the mask says so instead of sampling it pixels away.
 
+The first frame has no previous output: the label features alone are decoded (``first_frame:
+shared``), or a first-frame image generator of the same shape (an encoder of the current label map,
+an image decoder, a head) makes it (``first_frame: own``).
+
 The global scale downsamples ``n_downsample`` times and holds the residual blocks; a local enhancer
 downsamples once, adds the decoder features of the next coarser scale (same width and resolution
 after its one downsampling) and upsamples back, doubling the output resolution.
@@ -82,24 +86,34 @@ class GeneratorScale(nn.Module):
             # 64x128 against sub-pixel targets, so the first warps smeared every frame.
             self.flow_head = OutputConv(widths[0], 2, zero_init=True)
             self.mask_head = OutputConv(widths[0], 1, conv)
+        self.first_frame: nn.ModuleDict | None = None
+        if self.temporal and cfg.first_frame == "own":
+            self.first_frame = nn.ModuleDict({"encoder": encoder(label_channels), "decoder": decoder(cfg.norm),
+                                              "head": OutputConv(widths[0], IMAGE_CHANNELS, conv)})
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "first_frame" not in self.__dict__ and "first_frame" not in self._modules:
+            self.first_frame = None  # pickled before the first frame could have networks of its own
 
     def heads(self) -> list[nn.Module]:
         """The output convolutions: unused (no gradient) when a finer scale is active."""
-        return [self.image_head] + ([self.flow_head, self.mask_head] if self.temporal else [])
+        own = [] if self.first_frame is None else [self.first_frame["head"]]
+        return [self.image_head] + ([self.flow_head, self.mask_head] if self.temporal else []) + own
 
     def forward(self, labels: Tensor, prev: Tensor | None, cond: Tensor,
                 coarse: ScaleResult | None = None, label_only: bool = False) -> ScaleResult:
         """``labels`` [B, (L+1)*C, h, w], ``prev`` [B, L*3, h, w] or None (first frame), ``cond``
-        the current label map [B, C, h, w] for SPADE. ``label_only``: also decode the label features
-        alone (sharing the label encoder), as the first frame is."""
-        label_features = features = self.label_encoder(labels)
-        if prev is not None:
-            if not self.temporal:
-                raise ValueError("the per-frame generator takes no previous frames")
-            features = features + self.prev_encoder(prev)
-        image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features, cond)
+        the current label map [B, C, h, w] for SPADE. ``label_only``: also make the image the labels
+        alone give, as the first frame is made (``model.generator.first_frame``)."""
         if prev is None:
-            return ScaleResult(hallucinated, None, None, image_features, None)
+            features, image = self._labels_alone(labels, cond, None if coarse is None else coarse.image_features)
+            return ScaleResult(image, None, None, features, None)
+        if not self.temporal:
+            raise ValueError("the per-frame generator takes no previous frames")
+        label_features = self.label_encoder(labels)
+        features = label_features + self.prev_encoder(prev)
+        image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features, cond)
         flow_in = features if coarse is None or coarse.flow_features is None \
             else features + coarse.flow_features
         flow_features = self.flow_decoder(flow_in, cond)
@@ -107,9 +121,21 @@ class GeneratorScale(nn.Module):
         mask = torch.sigmoid(self.mask_head(flow_features))
         alone_features = alone = None
         if label_only:
-            alone_features, alone = self._image(label_features, None if coarse is None else coarse.label_only_features,
-                                                cond)
+            alone_features, alone = self._labels_alone(
+                labels, cond, None if coarse is None else coarse.label_only_features, label_features)
         return ScaleResult(hallucinated, flow, mask, image_features, flow_features, alone, alone_features)
+
+    def _labels_alone(self, labels: Tensor, cond: Tensor, coarse_features: Tensor | None,
+                      label_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The decoder features and the image the labels alone give: the first frame's path
+        (``label_features``: the shared label encoder's output, when already computed)."""
+        if self.first_frame is not None:
+            features = self.first_frame["encoder"](cond)
+            decoded = self.first_frame["decoder"](
+                features if coarse_features is None else features + coarse_features, cond)
+            return decoded, torch.tanh(self.first_frame["head"](decoded))
+        return self._image(self.label_encoder(labels) if label_features is None else label_features,
+                           coarse_features, cond)
 
     def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor) -> tuple[Tensor, Tensor]:
         """The image decoder's features and the image (tanh) from encoder ``features``."""

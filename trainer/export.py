@@ -106,8 +106,10 @@ def generator_from(payload: dict[str, Any], where: str) -> tuple[Any, LabelSpec 
     if payload.get("format") != FORMAT:
         raise ValueError(f"{where}: not a vid2vid generator export (format {payload.get('format')!r})")
     model = payload["model"]
-    # Exports made before the flow prior existed were trained without it (its default is on).
+    # Exports made before the flow prior and the first-frame choice existed were trained without the
+    # prior (its default is on) and with the shared first-frame path.
     model.setdefault("generator", {}).setdefault("flow_prior", "none")
+    model["generator"].setdefault("first_frame", "shared")
     generator = build_generator(from_dict(ModelConfig, model, where, "model."), payload["label_channels"])
     generator.set_active_scales(payload["active_scales"])
     generator.load_state_dict(payload["state_dict"])

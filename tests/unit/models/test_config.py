@@ -72,14 +72,17 @@ def test_paper_config_builds_at_paper_scale_with_the_official_parameter_counts()
     assert out.image.shape == (1, 3, 1024, 2048) and out.flow.shape == (1, 2, 1024, 2048)
     assert len(d_out) == 4 and len(t_out) == 2 and len(t_out[0]) == 4
 
-    counts = {"generator": count_parameters(gen),
+    first_frame = sum(count_parameters(s.first_frame) for s in gen.scales)
+    counts = {"generator": count_parameters(gen) - first_frame, "first_frame_generator": first_frame,
               **{f"generator.scale{i}": count_parameters(s) for i, s in enumerate(gen.scales)},
               "image_discriminator": count_parameters(nets.image_discriminator),
               "temporal_discriminator": count_parameters(nets.temporal_discriminator)}
     for name, value in counts.items():
         print(f"paper-scale {name}: {value:,} parameters")
-    # Stated ranges: G ~369M (global ~365M at 1024 channels x 18 residual blocks), D ~11M, D_T ~33M.
+    # Stated ranges: G ~369M (global ~365M at 1024 channels x 18 residual blocks), D ~11M, D_T ~33M;
+    # the first frame's generator about pix2pixHD's size (the reference's single-image generator).
     assert 360e6 < counts["generator"] < 375e6
+    assert 170e6 < counts["first_frame_generator"] < 190e6
     assert 10e6 < counts["image_discriminator"] < 12e6
     assert 32e6 < counts["temporal_discriminator"] < 35e6
     # And exactly the official architecture's counts.

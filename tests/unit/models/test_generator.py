@@ -74,16 +74,51 @@ def test_an_untrained_generator_warps_by_the_identity_and_its_flow_head_learns(s
     assert gen.scales[1].flow_head.conv.weight.grad.abs().sum() > 0
 
 
-def test_label_only_frame_is_exactly_what_the_first_frame_path_gives():
+@pytest.mark.parametrize("first_frame", ["shared", "own"])
+def test_label_only_frame_is_exactly_what_the_first_frame_path_gives(first_frame):
     """The frame generated beside a sequential one from the same labels alone (trained on every frame)
     is the first frame's path: the same computation as a call without previous frames."""
     torch.manual_seed(0)
-    gen = Generator(tiny(num_scales=2), LABELS).eval()
+    gen = Generator(tiny(num_scales=2, first_frame=first_frame), LABELS).eval()
     labels = one_hot_labels(2, 3, 16, 16)
     out = gen(labels, torch.rand(2, 2, 3, 16, 16) * 2 - 1, label_only=True)
     assert torch.allclose(out.label_only, gen(labels, None).image, atol=1e-6)
     assert gen(labels, torch.rand(2, 2, 3, 16, 16)).label_only is None  # only when asked
     assert gen(labels, None, label_only=True).label_only is None  # the first frame is label-only itself
+
+
+def test_an_own_first_frame_generator_is_apart_from_the_sequential_decoder():
+    """``first_frame: own``: the first frame reads the current label map only, through networks of its
+    own; the hallucinated frame h of later frames comes from the image decoder, which the first frame
+    no longer uses. With both in the loss every trainable parameter gets a gradient (ZeRO needs it)."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=2, first_frame="own"), LABELS)
+    labels, prev = one_hot_labels(2, 3, 16, 16), torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    first, later = gen(labels, None).image, gen(labels, prev).hallucinated
+    with torch.no_grad():
+        for scale in gen.scales:
+            for param in scale.image_decoder.parameters():
+                param.add_(0.5)
+    assert torch.equal(gen(labels, None).image, first)
+    assert not torch.allclose(gen(labels, prev).hallucinated, later)
+    other_past = labels.clone()
+    other_past[:, :-1] = one_hot_labels(2, 2, 16, 16, seed=1)
+    assert torch.equal(gen(other_past, None).image, first)  # the current label map alone
+    out = gen(labels, prev, label_only=True)
+    (out.image.mean() + out.label_only.mean()).backward()
+    assert [n for n, p in gen.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert sum(p.numel() for p in Generator(tiny(first_frame="own"), LABELS).parameters()) > \
+        sum(p.numel() for p in Generator(tiny(first_frame="shared"), LABELS).parameters())
+
+
+def test_an_own_first_frame_generator_needs_the_label_only_term():
+    from models.config import LossConfig, ModelConfig
+
+    with pytest.raises(ValueError, match="first_frame: own .*label_only, which is 0"):
+        ModelConfig(generator=tiny(first_frame="own"), loss=LossConfig(label_only=0))
+    ModelConfig(generator=tiny(first_frame="own", per_frame=True), loss=LossConfig(label_only=0))
+    with pytest.raises(ValueError, match="first_frame must be"):
+        tiny(first_frame="single")
 
 
 def test_a_given_flow_replaces_the_predicted_one():
@@ -160,7 +195,9 @@ def test_per_frame_switch_removes_flow_mask_and_previous_frames():
 
 def test_scale_control_resolution_freezing_and_full_gradients():
     torch.manual_seed(0)
-    gen = Generator(tiny(num_scales=2), LABELS)
+    # The shared first-frame path: a frame with previous frames reaches every parameter (with a
+    # first-frame generator of its own, the label-only frame does: the test above).
+    gen = Generator(tiny(num_scales=2, first_frame="shared"), LABELS)
     gen.set_active_scales(1)
     coarse = gen(one_hot_labels(1, 3, 8, 16), torch.rand(1, 2, 3, 8, 16))
     assert coarse.image.shape == (1, 3, 8, 16)

@@ -160,10 +160,31 @@ def test_mask_loss_by_hand():
     mask = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2).requires_grad_(True)
     # conf = clamp(1 - sum_c |warped - real|) = [1, 0.25]
     # mean(conf * m) + mean((1 - conf) * (1 - m)) = (0.2 + 0.15) / 2 + (0 + 0.75 * 0.4) / 2 = 0.325
-    loss = losses.mask_loss(mask, losses.warp_agreement(warped, real))
+    loss = losses.mask_loss(mask, losses.warp_agreement(warped, real), "l1")
     assert loss.item() == pytest.approx(0.325)
     loss.backward()
     assert mask.grad[0, 0, 0].tolist() == pytest.approx([0.5, (0.25 - 0.75) / 2])
+
+
+@pytest.mark.parametrize("criterion, learned", [("l1", 0.0), ("bce", 0.3)])
+def test_mask_criterion_learns_the_median_or_the_probability(criterion, learned):
+    """One mask value for 10 pixels, 3 of them new (keep = 0): L1's minimum is the median (warp
+    everywhere), cross-entropy's the share of new pixels."""
+    keep = torch.tensor([0.0] * 3 + [1.0] * 7).view(1, 1, 1, 10)
+    logit = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([logit], lr=0.05)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        losses.mask_loss(torch.sigmoid(logit).expand(1, 1, 1, 10), keep, criterion).backward()
+        optimizer.step()
+    assert torch.sigmoid(logit).item() == pytest.approx(learned, abs=0.02)
+
+
+def test_mask_bce_by_hand():
+    mask = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2)
+    keep = torch.tensor([1.0, 0.25]).view(1, 1, 1, 2)
+    expected = -(math.log(0.8) + 0.75 * math.log(0.6) + 0.25 * math.log(0.4)) / 2
+    assert losses.mask_loss(mask, keep, "bce").item() == pytest.approx(expected)
 
 
 def test_perceptual_and_style_by_hand():
@@ -247,12 +268,17 @@ def test_generator_aggregator_weights_each_term_and_sums_them(vgg):
     assert terms["flow"].item() == pytest.approx(5.0 * losses.flow_loss(flow, target, conf).item())
     assert terms["warp"].item() == pytest.approx(6.0 * losses.warp_loss(prev, real, flow, conf).item())
     keep = losses.label_agreement(labels, labels_prev, target) * conf
-    assert terms["mask"].item() == pytest.approx(7.0 * losses.mask_loss(mask, keep).item())
+    assert terms["mask"].item() == pytest.approx(7.0 * losses.mask_loss(mask, keep, "bce").item())
     by_output = generator_losses(dataclasses.replace(cfg, mask_target="output"), fake=fake, real=real, d_fake=d_fake,
                                  d_real=d_real, flow=FlowInputs(flow, real=real, real_prev=prev, confidence=conf,
                                                                 mask=mask, warped=warped))
     assert by_output["mask"].item() == pytest.approx(
-        7.0 * losses.mask_loss(mask, losses.warp_agreement(warped, real)).item())
+        7.0 * losses.mask_loss(mask, losses.warp_agreement(warped, real), "bce").item())
+    by_l1 = generator_losses(dataclasses.replace(cfg, mask_criterion="l1"), fake=fake, real=real, d_fake=d_fake,
+                             d_real=d_real, flow=FlowInputs(flow, real=real, real_prev=prev, target=target,
+                                                            confidence=conf, mask=mask, labels=labels,
+                                                            labels_prev=labels_prev))
+    assert by_l1["mask"].item() == pytest.approx(7.0 * losses.mask_loss(mask, keep, "l1").item())
     assert terms["output_warp"].item() == pytest.approx(
         8.0 * losses.output_warp_loss(fake, fake_prev, target, conf).item())
     feats = vgg(fake), vgg(real)

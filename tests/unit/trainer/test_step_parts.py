@@ -123,7 +123,8 @@ def test_export_refuses_other_files(tmp_path: Path) -> None:
 
 
 def test_models_saved_before_the_flow_prior_load_without_it(tmp_path: Path) -> None:
-    """Exports and pickled generators from before ``flow_prior`` were trained with the head's flow alone."""
+    """Exports and pickled generators from before ``flow_prior`` and ``first_frame`` were trained with the
+    head's flow alone and the shared first-frame path."""
     import pickle
 
     from models.build import build_generator
@@ -131,14 +132,20 @@ def test_models_saved_before_the_flow_prior_load_without_it(tmp_path: Path) -> N
     from trainer.config_tree import to_dict
     from trainer.export import FORMAT, load_generator
 
-    model = to_dict(ModelConfig(generator=GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1)))
-    del model["generator"]["flow_prior"]
-    generator = build_generator(ModelConfig(generator=GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2,
-                                                                      n_blocks_local=1)), 5)
+    then = ModelConfig(generator=GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1,
+                                                 flow_prior="none", first_frame="shared"))
+    model = to_dict(then)
+    del model["generator"]["flow_prior"], model["generator"]["first_frame"]
+    generator = build_generator(then, 5)
     torch.save({"format": FORMAT, "state_dict": generator.state_dict(), "model": model, "label_channels": 5,
                 "active_scales": 1}, tmp_path / "old.pt")
-    assert load_generator(tmp_path / "old.pt").cfg.flow_prior == "none"
+    loaded = load_generator(tmp_path / "old.pt")
+    assert (loaded.cfg.flow_prior, loaded.cfg.first_frame) == ("none", "shared")
 
-    del generator.cfg.__dict__["flow_prior"]  # an object pickled by the code of then
-    assert pickle.loads(pickle.dumps(generator)).cfg.flow_prior == "none"
-    assert build_generator(ModelConfig(), 5).cfg.flow_prior == "labels"
+    del generator.cfg.__dict__["flow_prior"], generator.cfg.__dict__["first_frame"]  # pickled by the code of then
+    for scale in generator.scales:
+        del scale.__dict__["first_frame"]
+    old = pickle.loads(pickle.dumps(generator))
+    assert (old.cfg.flow_prior, old.cfg.first_frame) == ("none", "shared")
+    assert old(torch.zeros(1, 1, 5, 8, 8)).image.shape == (1, 3, 8, 8)  # the first frame's path still runs
+    assert (build_generator(ModelConfig(), 5).cfg.flow_prior, ModelConfig().generator.first_frame) == ("labels", "own")
