@@ -12,8 +12,7 @@ from trainer.config import TrackingConfig
 from trainer.config_tree import ConfigError
 
 DEFAULT_TRACKING_URI = TrackingConfig.uri
-"""The tracking store commands use without a config: the trainer's default."""
-"""The embedded store `vid2vid train` uses by default (tracking.uri)."""
+"""The tracking store commands use without a config: the trainer's default (``tracking.uri``)."""
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = False, required_flag: bool = False) -> None:

@@ -16,6 +16,13 @@ import time
 from pathlib import Path
 
 from cluster.config import RootConfig
+from cluster.evaluate import run_eval
+from cluster.generate import generate
+from cluster.launch import train
+from cluster.registry import publish
+from dataio.manifest import read_manifest
+from dataio.pack import pack
+from dataio.synth import generate as synthesize
 
 OUT = Path("out") / "demo.mp4"
 REPORT = Path("out") / "eval" / "report.json"
@@ -24,13 +31,6 @@ ALIAS = "champion"
 
 
 def run_demo(cfg: RootConfig) -> int:
-    from cluster.evaluate import run_eval
-    from cluster.generate import generate
-    from cluster.launch import train
-    from cluster.registry import publish
-    from dataio.pack import pack
-    from dataio.synth import generate as synthesize
-
     started = time.monotonic()
     step = _Steps(6)
     step("synthetic paired videos", cfg.data.synth.out)
@@ -83,8 +83,6 @@ def run_demo(cfg: RootConfig) -> int:
 
 def _held_out_labels(cfg: RootConfig) -> Path:
     """Label maps of a sequence the model did not train on (the `val` split), else the first one."""
-    from dataio.manifest import read_manifest
-
     rows = read_manifest(cfg.data.shards).rows
     val = sorted({row.sequence for row in rows if row.split == "val"})
     names = val or sorted({row.sequence for row in rows})

@@ -12,19 +12,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
+
+from cluster.registry import load_video_model
+from cluster.video_model import VideoGenerator, pick_device
 from dataio.config import DataConfig
 from dataio.errors import UserInputError
+from dataio.loader import build_loader
+from dataio.manifest import read_manifest
+from models.frechet import FeatureNet, load_feature_net
+from models.metrics import SSIM_WINDOW
 from trainer.config import Config
+from trainer.evaluate import NoClipsError, Report, evaluate, side_by_side_video
 from trainer.tracking import redact
-
-if TYPE_CHECKING:
-    from cluster.video_model import VideoGenerator
-    from models.frechet import FeatureNet
-    from trainer.evaluate import Report
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +52,6 @@ class EvalResult:
 def run_eval(cfg: Config, model: str, out: str | Path, *, video: str | Path | None = None,
              run_id: str | None = None, tracking_uri: str = "", progress: bool = True) -> EvalResult:
     """Evaluate ``model`` on ``cfg.data.shards`` as ``cfg.eval`` says; write ``out`` and the video."""
-    import torch
-    from tqdm import tqdm
-
-    from cluster.registry import load_video_model
-    from cluster.video_model import pick_device
-    from dataio.loader import build_loader
-    from trainer.evaluate import NoClipsError, evaluate, side_by_side_video
-
     ecfg = cfg.eval
     device = pick_device(ecfg.device)
     client = _mlflow_client(tracking_uri, run_id) if run_id else None  # a wrong run fails before the work
@@ -93,9 +93,6 @@ def run_eval(cfg: Config, model: str, out: str | Path, *, video: str | Path | No
 
 def _data_for(cfg: Config, net: VideoGenerator) -> tuple[DataConfig, int, int, int, int]:
     """The data section for this model and shard set; the height, width, clip length and clip count."""
-    from dataio.manifest import read_manifest
-    from models.metrics import SSIM_WINDOW
-
     ecfg, data = cfg.eval, cfg.data
     manifest = read_manifest(data.shards)
     rows = [r for r in manifest.rows if r.split == ecfg.split]
@@ -133,8 +130,6 @@ def _data_for(cfg: Config, net: VideoGenerator) -> tuple[DataConfig, int, int, i
 
 def _feature_nets(cfg: Config, device: str) -> tuple[dict[str, FeatureNet | None], dict[str, str]]:
     """The FID and FVD feature networks (None where not configured, with the reason in the second dict)."""
-    from models.frechet import load_feature_net
-
     nets: dict[str, FeatureNet | None] = {}
     skipped: dict[str, str] = {}
     for metric, path, kind, key in (("fid", cfg.eval.inception, "image", "eval.inception"),
@@ -150,10 +145,7 @@ def _feature_nets(cfg: Config, device: str) -> tuple[dict[str, FeatureNet | None
     return nets, skipped
 
 
-def _mlflow_client(tracking_uri: str, run_id: str):  # -> MlflowClient (imported when used)
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+def _mlflow_client(tracking_uri: str, run_id: str) -> MlflowClient:
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         client.get_run(run_id)
@@ -163,10 +155,6 @@ def _mlflow_client(tracking_uri: str, run_id: str):  # -> MlflowClient (imported
 
 
 def _log_to_run(client, run_id: str, report: Report, report_path: Path, video_path: Path) -> None:
-    import time
-
-    from mlflow.entities import Metric, RunTag
-
     now = int(time.time() * 1000)
     values = {"psnr": report.psnr, "ssim": report.ssim, "warp_error": report.warp_error,
               "warp_error_real": report.warp_error_real, "warp_ratio": report.warp_ratio,

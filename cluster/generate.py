@@ -16,10 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
 
+from cluster.registry import load_video_model
+from cluster.video_model import pick_device, to_uint8
+from dataio import format as fmt, video
 from dataio.errors import UserInputError
+from dataio.format import instance_edges
 from dataio.labels import LabelSpec
+from dataio.reader import Sample, read_shard
+from dataio.sources import BadInputError, ReadOptions, natural_key, read_instances, read_label
+from dataio.storage import Destination
+from dataio.video import decode
+from trainer.samples import Mp4Writer
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 IMAGE_SUFFIXES = {".png"}
@@ -60,11 +73,6 @@ def open_labels(path: str | Path, labels: LabelSpec, key: str | None = None) -> 
 
 
 def _from_folder(folder: Path, labels: LabelSpec) -> LabelSource:
-    from PIL import Image
-
-    from dataio.format import instance_edges
-    from dataio.sources import BadInputError, ReadOptions, natural_key, read_instances, read_label
-
     labels_dir = folder / "labels" if (folder / "labels").is_dir() else folder
     files = sorted((p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: natural_key(p.name))
@@ -100,8 +108,6 @@ def _from_folder(folder: Path, labels: LabelSpec) -> LabelSource:
 
 
 def _from_video(path: Path, labels: LabelSpec) -> LabelSource:
-    from dataio import video
-
     try:
         info = video.probe(path)
     except video.VideoError as err:
@@ -114,11 +120,6 @@ def _from_video(path: Path, labels: LabelSpec) -> LabelSource:
 
 
 def _from_shard(path: Path, labels: LabelSpec, key: str | None) -> LabelSource:
-    from dataio import format as fmt
-    from dataio.reader import Sample, read_shard
-    from dataio.storage import Destination
-    from dataio.video import decode
-
     for item in read_shard(Destination(str(path.parent)).fs, str(path)):
         if isinstance(item, Sample) and (key is None or item.key == key):
             name = f"{path}:{item.key}"
@@ -149,8 +150,6 @@ def output_size(source: LabelSource, divisor: int, size: tuple[int, int] | None)
 def encoded_frames(source: LabelSource, labels: LabelSpec, size: tuple[int, int]
                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(model input float32 [C, H, W], ids at the output size) per frame, resized nearest-neighbour."""
-    import cv2
-
     height, width = size
     for ids, edges in source.read():
         if ids.shape[:2] != (height, width):
@@ -177,13 +176,6 @@ def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_sid
              device: str = "auto", progress: bool = True) -> Path:
     """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``.
     ``model_uri``: an MLflow model URI or a local checkpoint (``cluster.registry.load_video_model``)."""
-    import torch
-    from tqdm import tqdm
-
-    from cluster.registry import load_video_model
-    from cluster.video_model import pick_device, to_uint8
-    from trainer.samples import Mp4Writer
-
     device = pick_device(device)
     model = load_video_model(model_uri, device)
     source = open_labels(labels, model.labels, key)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from dataio.config import DataConfig
+from dataio.loader import build_loader
+from dataio.manifest import read_manifest
 
 
 def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = None,
                   width: int | None = None, frames: int | None = None) -> str:
-    from dataio.loader import build_loader
-    from dataio.manifest import read_manifest
-
     manifest = read_manifest(cfg.shards)
     rows = [r for r in manifest.rows if r.split == split]
     if not rows:

@@ -7,15 +7,19 @@ command-line overrides to the entrypoint.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from ray.job_submission import JobSubmissionClient
 
+from cluster.ray_env import set_loopback_env
 from dataio.errors import UserInputError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -104,10 +108,6 @@ def job_address(address: str | None) -> str:
 
 
 def _client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
-
-    from cluster.ray_env import set_loopback_env
-
     set_loopback_env()
     return JobSubmissionClient(job_address(address))
 
@@ -157,9 +157,6 @@ def logs(job_id: str, address: str | None = None) -> str:
 
 def follow(job_id: str, address: str | None = None, out=None) -> None:
     """Print the job's logs as they come until it ends."""
-    import asyncio
-    import sys
-
     out = out or sys.stdout
     client = _client(address)
 

@@ -17,12 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchConfig, TorchTrainer
+
 from cluster.config import RootConfig
-from cluster.ray_env import connected
+from cluster.ray_env import connected, target
+from cluster.run_log import ProgressTail, log_dir, ray_to_file, worker_log
+from cluster.worker import train_loop
 from dataio.errors import UserInputError
+from dataio.reader import list_shards, manifest_or_none
+from dataio.storage import check_location
+from trainer.checkpoint import space_shortage
 from trainer.config import EVAL_METRICS
-from trainer.export import export_path
 from trainer.config_tree import to_dict
+from trainer.export import export_path
+from trainer.tracking import prepare_store
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +86,6 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     """What would otherwise fail inside every worker, late and retried: more workers than an embedded
     Ray has CPUs, a location that cannot be read or written, a checkpoint folder whose disk cannot
     take the next checkpoint, shards missing or too few to split."""
-    from dataio.reader import list_shards, manifest_or_none
-    from dataio.storage import check_location
-
     cluster = cfg.cluster
     if embedded:
         cpus = cluster.num_cpus or os.cpu_count() or 1
@@ -93,8 +99,6 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
         if embedded or "://" in url:
             check_location(url, key, write=True)
     if embedded and "://" not in cfg.checkpoint.dir:
-        from trainer.checkpoint import space_shortage
-
         # A resumed run whose disk cannot hold its next checkpoint would train an epoch, then fail.
         shortage = space_shortage(cfg.checkpoint.dir)
         if shortage:
@@ -105,8 +109,6 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
                          f"cluster.num_workers={cfg.cluster.num_workers} workers; pack with fewer "
                          "data.pack.clips_per_shard or use fewer workers")
     if cfg.tracking.enabled:
-        from trainer.tracking import prepare_store
-
         # Once, here: workers creating a fresh sqlite store at the same time crash (docs/platform.md).
         prepare_store(cfg.tracking)
 
@@ -115,11 +117,6 @@ def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, ca
     """The ``TorchTrainer`` of one training run of ``cfg`` (already resolved). Ray keeps the last
     ``checkpoint.keep`` checkpoints, or with ``checkpoint.keep_best`` the best by that reported
     held-out score (and always the latest, to resume from)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from cluster.worker import train_loop
-
     cluster, best = cfg.cluster, cfg.checkpoint.keep_best
     resources = {"CPU": cluster.cpus_per_worker, **({"GPU": 1} if cluster.use_gpu else {})}
     return TorchTrainer(
@@ -142,10 +139,6 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
         progress: bool = False) -> LaunchResult:
     """Run ``cfg`` (resolved) on the Ray that is already initialised; raise ``TrainingFailed``.
     ``progress``: print rank 0's progress lines as they come (an embedded run: its log is here)."""
-    from ray.train import TrainingFailedError
-
-    from cluster.run_log import ProgressTail, log_dir, worker_log
-
     try:
         if progress:
             with ProgressTail(worker_log(cfg.checkpoint.dir, 0)):
@@ -164,10 +157,6 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
 
 def train(cfg: RootConfig) -> LaunchResult:
     """`vid2vid train`: validate, prepare tracking, then train through Ray Train."""
-    from cluster.ray_env import target
-
-    from cluster.run_log import log_dir, ray_to_file
-
     embedded = target(cfg.cluster).embedded
     resolved = resolve(cfg, embedded)
     check_ready(resolved, embedded)

@@ -16,27 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+import torch
 from mlflow.pyfunc import PythonModel
 
-from cluster.video_model import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
+from cluster.video_model import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, VideoGenerator, pick_device
+from trainer.export import generator_from
 
 
 class VideoGeneratorModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from cluster.video_model import VideoGenerator, pick_device
-        from trainer.export import generator_from
-
         description = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text())
         state = torch.load(context.artifacts[WEIGHTS_ARTIFACT], map_location="cpu", weights_only=True)
         generator, labels = generator_from({**description, "state_dict": state}, context.artifacts[WEIGHTS_ARTIFACT])
         self.video = VideoGenerator(generator, labels).to(pick_device()).eval()
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import numpy as np
-        import torch
-
         labels = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         return self.video(labels).cpu().numpy()
 

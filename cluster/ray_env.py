@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+import ray
+
 from cluster.config import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,6 @@ def set_loopback_env() -> None:
 def connected(cfg: ClusterConfig, dashboard: bool = False) -> Iterator[RayTarget]:
     """Ray is initialised inside the block and shut down after it (an embedded instance stops).
     ``dashboard``: an embedded instance runs its dashboard (on 127.0.0.1), which serves the state API."""
-    import ray
-
     where = target(cfg)
     set_loopback_env()
     if where.embedded:

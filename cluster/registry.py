@@ -9,14 +9,37 @@ flavour): they still load, with a warning that says how to republish.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+import numpy as np
+import torch
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.models import get_model_info
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from cluster.video_model import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, VideoGenerator
 from dataio.errors import UserInputError
+from dataio.labels import LabelSpec
+from dataio.reader import layout, list_shards, manifest_or_none
+from trainer import checkpoint as checkpoints
+from trainer.checkpoint import TRAINER_FILE, latest_checkpoint, load_trainer_state
+from trainer.config import EVAL_METRICS
+from trainer.export import export_generator, export_path, load_export, split_export
 from trainer.tracking import configure_client, redact, redacted_yaml
 
 log = logging.getLogger(__name__)
@@ -66,9 +89,6 @@ def parse_models_uri(uri: str) -> tuple[str, str, str]:
 
 def source_from_run(client, run_id: str, workdir: Path) -> Source:
     """The export and config that ``vid2vid train`` logged to run ``run_id`` (``cluster.worker``)."""
-    import yaml
-    from mlflow.exceptions import MlflowException
-
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
@@ -91,9 +111,6 @@ def source_from_run(client, run_id: str, workdir: Path) -> Source:
 def source_from_checkpoint(path: Path, workdir: Path) -> Source:
     """An exported ``generator.pt``; a run's checkpoint folder (its ``export/generator.pt``); or one
     ``step-*`` checkpoint, exported here."""
-    from trainer.checkpoint import TRAINER_FILE, latest_checkpoint, load_trainer_state
-    from trainer.export import export_path
-
     path = Path(path)
     if path.is_file():
         # An export knows its label channels, not how many are classes: that is in the run's config,
@@ -119,10 +136,6 @@ def source_from_checkpoint(path: Path, workdir: Path) -> Source:
 
 def _export_step(step: Path, state: dict[str, Any], workdir: Path) -> Path:
     """Consolidate one checkpoint's generator (any ZeRO stage) into an export file."""
-    from dataio.reader import layout, list_shards, manifest_or_none
-    from dataio.labels import LabelSpec
-    from trainer.export import export_generator
-
     config = state["config"]
     shards = config["data"]["shards"]
     # Label channels are a property of the data (classes, plus edges when the shards carry them).
@@ -151,14 +164,9 @@ def load_video_model(model: str, device: str):
 def _load_logged_model(uri: str, device: str):
     """A published model's ``VideoGenerator``: from a model from code without any unpickling; from
     an older pickled version (PyTorch flavour) with a warning."""
-    import mlflow.pyfunc
-    from mlflow.models import get_model_info
-
     if "pytorch" not in get_model_info(uri).flavors:
         return mlflow.pyfunc.load_model(uri).unwrap_python_model().video.to(device).eval()
-    import os
 
-    import mlflow.pytorch
 
     log.warning("%s was published as a pickle (before models from code): loading it runs code from the "
                 "registry; republish it pickle-free with: vid2vid model publish --run RUN_ID --name NAME", uri)
@@ -169,10 +177,6 @@ def _load_logged_model(uri: str, device: str):
 def video_model(export: Path, config: dict[str, Any]):
     """The export as a ``VideoGenerator`` with the label spec stored in it (an older export without
     one: rebuilt from the run's data config, the edge channel inferred from the channel count)."""
-    from cluster.video_model import VideoGenerator
-    from dataio.labels import LabelSpec
-    from trainer.export import load_export
-
     generator, labels = load_export(export)
     if labels is None:
         spec = LabelSpec.from_data(config.get("data", {}), has_edges=False)
@@ -190,10 +194,6 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
     recorded value of it is published instead of the last. ``tags`` (and, with ``best``, that
     checkpoint's scores and step) go on the registered version: why it is the champion.
     """
-    import mlflow
-    import mlflow.pyfunc
-    from mlflow.tracking import MlflowClient
-
     if (run_id is None) == (checkpoint is None):
         raise RegistryError("publish needs exactly one of a run id or a checkpoint path")
     configure_client()
@@ -243,13 +243,6 @@ def publish(tracking_uri: str, name: str, alias: str = "champion", *, run_id: st
 def _model_files(export: Path, model, folder: Path) -> dict[str, str]:
     """``weights.pt`` (the state dict) and ``generator.json`` (the rest of the export, with the label
     spec the model was built with) for ``cluster/pyfunc_model.py``."""
-    import json
-
-    import torch
-
-    from cluster.video_model import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
-    from trainer.export import split_export
-
     state, description = split_export(export)
     description["labels"] = model.labels.to_dict()  # an older export's, rebuilt from the run's config
     torch.save(state, folder / "weights.pt")
@@ -259,9 +252,6 @@ def _model_files(export: Path, model, folder: Path) -> dict[str, str]:
 
 def best_checkpoint(folder: Path, metric: str) -> tuple[Path, dict[str, float]]:
     """The kept checkpoint of run folder ``folder`` with the best recorded ``metric``, and its scores."""
-    from trainer import checkpoint as checkpoints
-    from trainer.config import EVAL_METRICS
-
     if metric not in EVAL_METRICS:
         raise RegistryError(f"--best {metric}: not a held-out score (known: {', '.join(EVAL_METRICS)})")
     found = checkpoints.best_checkpoint(folder, metric)
@@ -273,8 +263,6 @@ def best_checkpoint(folder: Path, metric: str) -> tuple[Path, dict[str, float]]:
 
 def _checkpoint_folder_of(client, run_id: str) -> Path:
     """The checkpoint folder of a run: its ``checkpoint`` tag names the last checkpoint saved."""
-    from mlflow.exceptions import MlflowException
-
     try:
         tag = client.get_run(run_id).data.tags.get("checkpoint", "")
     except MlflowException as err:
@@ -291,10 +279,6 @@ def _fmt(value: Any) -> str:
 
 def _signature(model) -> tuple[Any, Any]:
     """-1 on batch, frames, height and width; the example is the smallest clip the model takes."""
-    import numpy as np
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
     # Twice the size multiple: at the multiple itself the bottleneck is 1x1, where instance norm fails.
     channels, side = model.label_channels, 2 * model.divisor
     inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, channels, -1, -1))])
@@ -306,17 +290,13 @@ def _signature(model) -> tuple[Any, Any]:
 
 def _requirements() -> list[str]:
     """Pinned as installed here (explicit requirements also save MLflow 8-25 s of inference)."""
-    from importlib.metadata import version
-
-    torch_version = version("torch").split("+")[0]
+    torch_version = package_version("torch").split("+")[0]
     # opencv: the flow prior (models/label_flow.py) runs DIS optical flow on the label maps.
-    return [f"torch=={torch_version}", f"numpy=={version('numpy')}", f"mlflow=={version('mlflow')}",
-            f"opencv-python-headless=={version('opencv-python-headless')}", f"pyyaml=={version('pyyaml')}"]
+    return [f"torch=={torch_version}"] + [f"{name}=={package_version(name)}" for name in
+                                           ("numpy", "mlflow", "opencv-python-headless", "pyyaml")]
 
 
 def _run_exists(client, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
     try:
         client.get_run(run_id)
         return True
@@ -326,8 +306,6 @@ def _run_exists(client, run_id: str) -> bool:
 
 def _config_from_params(params: dict[str, str]) -> dict[str, Any]:
     """The data section rebuilt from a run's params (runs without a config.yaml artifact)."""
-    import yaml
-
     data: dict[str, Any] = {}
     for key in ("num_classes",):
         if f"data.{key}" in params:
@@ -352,10 +330,6 @@ class ModelRow:
 
 def list_models(tracking_uri: str) -> list[ModelRow]:
     """Every version of every registered model, newest first within a model."""
-    from datetime import datetime, timezone
-
-    from mlflow.tracking import MlflowClient
-
     configure_client()
     client = MlflowClient(tracking_uri=tracking_uri)
     rows = []
@@ -394,10 +368,6 @@ class Fetched:
 
 def fetch(tracking_uri: str, uri: str, dest: str | Path) -> Fetched:
     """``models:/NAME@ALIAS`` into ``dest/model``, with its run's ``samples/`` and ``config.yaml``."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     configure_client()
     name, alias, version = parse_models_uri(uri)
     client = MlflowClient(tracking_uri=tracking_uri)

@@ -23,12 +23,26 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.train import Checkpoint
+from ray.tune import Callback
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
 from cluster.config import RootConfig
-from trainer.config_tree import ConfigError, from_dict, to_dict
+from cluster.launch import check_ready, fit, resolve
+from cluster.ray_env import connected, target
+from cluster.registry import publish
+from dataio.reader import list_shards, manifest_or_none
 from trainer.config import EVAL_METRICS
+from trainer.config_tree import ConfigError, flatten, from_dict, to_dict
+from trainer.tracking import redact
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +83,6 @@ class SweepResult:
 
 def tune_space(search: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
     """The ``sweep.search`` section as Ray Tune distributions (keys stay dotted)."""
-    from ray import tune
-
     makers = {"choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
               "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
               "randint": lambda v: tune.randint(*v)}
@@ -115,8 +127,6 @@ def check_search(base: dict[str, Any], search: dict[str, dict[str, list[Any]]]) 
 
 def check_metric(cfg: RootConfig) -> None:
     """A held-out metric needs a split to score."""
-    from dataio.reader import list_shards, manifest_or_none
-
     metric = cfg.sweep.metric
     if metric not in EVAL_METRICS:
         return
@@ -130,11 +140,6 @@ def check_metric(cfg: RootConfig) -> None:
 def run_trial(params: dict[str, Any], base: dict[str, Any], checkpoint_root: str, parent_run_id: str,
               sweep_name: str) -> None:
     """The Tune trainable: one Ray Train run of the trial's config, reporting to Tune."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from cluster.launch import fit
-
     context = tune.get_context()
     cfg = trial_config(base, params, f"{sweep_name}-{context.get_trial_id()}", checkpoint_root,
                        context.get_trial_name())
@@ -153,8 +158,6 @@ class TrialWatch:
         self.started: set[str] = set()
 
     def callback(self):
-        from ray.tune import Callback
-
         watch = self
 
         class _Callback(Callback):
@@ -243,12 +246,6 @@ def format_table(rows: list[TrialRow], metric: str, mode: str, best: TrialRow | 
 def sweep(cfg: RootConfig, say: Callable[[str], None] = log.info) -> SweepResult:
     """`vid2vid sweep`: the search of ``cfg.sweep`` over ``cfg`` (the base of every trial); ``say``
     gets a line per trial event."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from cluster.launch import check_ready, resolve
-    from cluster.ray_env import connected, target
-
     spec = cfg.sweep
     if not spec.search:
         raise ConfigError("sweep.search is empty: give at least one key to search over")
@@ -306,17 +303,13 @@ def sweep(cfg: RootConfig, say: Callable[[str], None] = log.info) -> SweepResult
 def _publish_best(cfg: RootConfig, best: TrialRow):
     """The best trial's checkpoint of its best report (Ray's copy, local or remote) published, with
     its scores and step on the registered version."""
-    from cluster.registry import publish
-
     spec = cfg.sweep
     tags = {**best.scores, "sweep.metric": spec.metric, "step": best.best_step}
     if not best.checkpoint:
         return publish(cfg.tracking.uri, spec.publish_name, spec.publish_alias, run_id=best.run_id, tags=tags)
     if "://" not in best.checkpoint:
         return publish(cfg.tracking.uri, spec.publish_name, spec.publish_alias, checkpoint=best.checkpoint, tags=tags)
-    import tempfile
 
-    from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="vid2vid-best-") as tmp:
         local = Checkpoint(best.checkpoint).to_directory(tmp)
@@ -326,11 +319,7 @@ def _publish_best(cfg: RootConfig, best: TrialRow):
 def _parent_run(cfg: RootConfig) -> str:
     if not cfg.tracking.enabled:
         return ""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    from trainer.config_tree import flatten
-    from trainer.tracking import redact
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -346,7 +335,6 @@ def _close_parent(cfg: RootConfig, result: SweepResult, metric: str) -> None:
     of the trials Tune stopped."""
     if not result.parent_run_id:
         return
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     parent, best = result.parent_run_id, result.best

@@ -17,6 +17,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import ray.train
+from mlflow.tracking import MlflowClient
+
+from cluster.config import RootConfig
+from cluster.run_log import redirect_worker_output
+from trainer.checkpoint import TRAINER_FILE, load_trainer_state
+from trainer.config_tree import from_dict
+from trainer.distributed import barrier, setup_process
+from trainer.tracking import configure_client, redacted_yaml
+
 log = logging.getLogger(__name__)
 
 REPORT_SEP = "_"
@@ -26,13 +36,6 @@ RESTORE_PREFIX = ".partial-restore-"
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the ``TorchTrainer`` (``loop_config`` is plain data: it is pickled)."""
-    import ray.train
-
-    from cluster.config import RootConfig
-    from cluster.run_log import redirect_worker_output
-    from trainer.config_tree import from_dict
-    from trainer.distributed import setup_process
-
     context = ray.train.get_context()
     rank = context.get_world_rank()
     cfg = from_dict(RootConfig, loop_config["config"], "<config sent to the Ray workers>")
@@ -41,6 +44,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     restore_reported_checkpoint(Path(cfg.checkpoint.dir), context.get_local_rank())
     reporter = CheckpointReporter(rank, cfg.tracking.uri if cfg.tracking.enabled else "",
                                   loop_config.get("parent_run_id", ""))
+    # Imported here, once the output is redirected: DeepSpeed logs as it is imported, and that belongs
+    # in this worker's log.
     from trainer.loop import train
 
     result = train(cfg, on_checkpoint=reporter)
@@ -54,11 +59,6 @@ def restore_reported_checkpoint(root: Path, local_rank: int) -> Path | None:
     One copier per node (local rank 0); the others wait at a barrier. The copy is staged and renamed,
     so the trainer only ever sees a complete checkpoint folder.
     """
-    import ray.train
-
-    from trainer.checkpoint import TRAINER_FILE
-    from trainer.distributed import barrier
-
     reported = ray.train.get_checkpoint()
     target = None
     if reported is not None:
@@ -115,10 +115,6 @@ class CheckpointReporter:
                 "skipped_steps": progress["skipped"], "run_id": progress["run_id"]}
 
     def __call__(self, folder: Path, losses: dict[str, float]) -> None:
-        import ray.train
-
-        from trainer.checkpoint import load_trainer_state
-
         folder = Path(folder)
         metrics = self.metrics(losses, load_trainer_state(folder))  # sealed: every rank can read it
         # Rank 0 uploads the whole folder: every rank wrote its shards into it (a shared file system,
@@ -135,7 +131,6 @@ class CheckpointReporter:
         """Nest this run under a sweep's parent run in MLflow (the UI groups by this tag)."""
         if self._tagged or not (self.parent_run_id and self.tracking_uri and run_id):
             return
-        from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri=self.tracking_uri).set_tag(run_id, "mlflow.parentRunId", self.parent_run_id)
         self._tagged = True
@@ -147,10 +142,6 @@ def log_run_files(cfg, run_id: str, export: Path | None) -> None:
     What ``vid2vid model publish --run`` and ``model fetch`` read, from any machine that reaches the
     tracking server. A tracking failure is logged, not raised: the training itself succeeded.
     """
-    from mlflow.tracking import MlflowClient
-
-    from trainer.tracking import configure_client, redacted_yaml
-
     configure_client()
     try:
         client = MlflowClient(tracking_uri=cfg.tracking.uri)

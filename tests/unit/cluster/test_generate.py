@@ -112,9 +112,9 @@ def test_bad_labels_name_the_file(tmp_path: Path) -> None:
 
 
 def test_generate_streams_to_an_mp4(model: VideoGenerator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cluster.registry
+    import cluster.generate
     from dataio.video import decode
-    monkeypatch.setattr(cluster.registry, "load_video_model", lambda uri, device: model)
+    monkeypatch.setattr(cluster.generate, "load_video_model", lambda uri, device: model)
     out = generate("any", sequence(tmp_path, frames=5), tmp_path / "out.mp4", side_by_side=True, progress=False)
     video = decode(out)
     assert video.shape == (5, 32, 128, 3)  # labels | generated
