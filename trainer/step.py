@@ -273,6 +273,8 @@ def count_skipped(result: ChunkResult, progress: Progress, limit: int) -> None:
 def _non_finite(terms: dict[str, Tensor]) -> list[str]:
     """Names of non-finite terms on any rank (the same list on every rank)."""
     names = sorted(terms)
+    if any(terms[n].is_meta for n in names):  # shapes only (benchmarks/paper_budget.py): no values to check
+        return []
     # On dist.device(): NCCL (the GPU backend) refuses CPU tensors in a collective.
     flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names],
                          device=dist.device())
@@ -280,4 +282,4 @@ def _non_finite(terms: dict[str, Tensor]) -> list[str]:
 
 
 def _floats(terms: dict[str, Tensor]) -> dict[str, float]:
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return {k: float("nan") if v.is_meta else float(v.detach()) for k, v in terms.items()}
