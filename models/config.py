@@ -160,9 +160,9 @@ class LossConfig:
     where the mask is small h gets almost no gradient (the reference codes use 1)."""
     label_only: float = 1.0
     """The image terms on the frame the labels alone give, generated beside every frame that has
-    previous frames (sharing the label encoder), at this fraction of their weights; the image
-    discriminator also learns to reject it. That path makes the first frame, which seeds every later
-    one, but is otherwise trained on 1 frame of T. 0: off."""
+    previous frames (by the path ``generator.first_frame`` names), at this fraction of their weights;
+    the image discriminator also learns to reject it. That path makes the first frame, which seeds
+    every later one, but is otherwise trained on 1 frame of T. 0: off (only with ``first_frame: shared``)."""
     flow: float = 10.0
     """L1 between predicted and target flow, weighted by the target's confidence."""
     warp: float = 10.0

@@ -7,8 +7,14 @@ predicts only the correction (``model.generator.flow_prior: labels``).
 
 Why: measured on the quality benchmark's held-out clips (docs/performance.md), the learned flow head
 alone did not get below the end-point error of predicting no motion at all within a CPU budget
-(0.64 px against 0.66 px), while this prior has 0.52 px, and the same trained generators warping with
-it instead of their own flow were 1.5-2.4x more temporally coherent at no loss of PSNR.
+(0.64 px against 0.66 px on visible pixels, against the exact flow), and the same trained generators
+warping with this prior instead of their own flow were 1.5-2.4x more temporally coherent at no loss
+of PSNR. Its own average error is hardly lower (0.635 px on visible pixels; 0.52 px against the
+packed flow of the real frames): at 64x128 the label maps move by sub-pixel steps that nearest-
+neighbour resizing hides inside uniform regions, and what it gets right is the motion of boundaries,
+where carried texture shows a wrong flow. The flow of the real frames (the training target) has
+0.17 px there, and the same generators warping with it are more coherent still (1.6-11x lower
+warping-error ratios): a better flow from the labels is where the next gain is.
 
 It is computed on the CPU (0.7 ms per 128x64 frame pair, 14 ms at 512x256 on one core), on frames
 scaled down to at most ``MAX_WIDTH`` pixels wide, and carries no gradient.

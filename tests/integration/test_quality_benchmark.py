@@ -41,6 +41,12 @@ def test_quality_benchmark_trains_scores_and_reports(tmp_path: Path) -> None:
     # The sequential model has a mask and a flow to look at; the per-frame one hallucinates everywhere.
     assert 0 <= rows["full"]["diagnostics"]["mask_visible"] <= 1
     assert rows["per_frame"]["diagnostics"]["mask_visible"] == 1.0
+    # Each flow the same generator can warp with, against the exact one: the target (DIS on the real
+    # frames) knows the motion far better than no motion does; the label maps' flow is reported too.
+    full = rows["full"]["diagnostics"]
+    assert full["target_flow_epe_visible"] < 0.5 * full["zero_flow_epe_visible"]
+    assert full["label_flow_epe_visible"] > 0 and full["label_flow_warp_ratio"] > 0
+    assert "warping with the label flow alone instead" in proc.stdout
     verdict = report["verdict"]
     assert set(verdict) >= {"ratio_full_over_per_frame", "psnr_full_minus_per_frame", "holds"}
     assert verdict["ratio_full_over_per_frame"] == rows["full"]["warp_ratio"] / rows["per_frame"]["warp_ratio"]
