@@ -50,11 +50,15 @@ def train_workers_under(raylet: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def test_a_run_survives_the_loss_of_a_worker_s_node(shards: Path) -> None:
+def test_a_run_survives_the_loss_of_a_worker_s_node(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.update({k: v for k, v in embedded_ray_env().items() if k.startswith("RAY_")})
     from ray.cluster_utils import Cluster
 
     work = Path(tempfile.mkdtemp(prefix="v2vnode-", dir="/tmp"))  # short: Ray's sockets live under it
+    # The head writes its address to <RAY_TMPDIR>/ray/ray_current_cluster, by default /tmp/ray, which a
+    # fresh machine does not have until some other Ray has run there.
+    monkeypatch.setenv("RAY_TMPDIR", str(work))
+    (work / "ray").mkdir()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
                                                             "include_dashboard": False, "temp_dir": str(work / "ray")})
     try:
