@@ -20,13 +20,15 @@
    model's, at a PSNR at most ``--psnr-tolerance`` dB below it, and not rising over the second half
    of its learning curve. ``quality.json`` under ``--out`` holds all of it.
 
-A finished run is reused when the script runs again with the same settings (``--rerun`` trains
-again), so an interrupted benchmark continues where it stopped. Extra ``key=value`` overrides go to
+A finished run is reused when the script runs again with the same settings and the config resolves
+the same, defaults included (``--rerun`` trains again), so an interrupted benchmark continues where
+it stopped. Extra ``key=value`` overrides go to
 every training and evaluation (e.g. a GPU run: ``data.loader.device=mixed``; see docs/performance.md).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -149,7 +151,7 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
     overrides = [*VARIANTS[variant], f"train.seed={seed}", *args.overrides]
     curve_every = args.curve_every_s or args.budget_s / 10
     settings = {"variant": variant, "seed": seed, "budget_s": args.budget_s, "curve_every_s": curve_every,
-                "overrides": overrides, "threads": threads}
+                "overrides": overrides, "threads": threads, "config": config_digest(config, overrides)}
     scored = run / SCORE_FILE
     if scored.is_file() and not args.rerun:
         row = json.loads(scored.read_text())
@@ -183,6 +185,16 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
     print(f"{run.name}: {row['steps']} steps; PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
           f"warping-error ratio {row['warp_ratio']:.3f}", flush=True)
     return row
+
+
+def config_digest(config: str, overrides: list[str]) -> str:
+    """A digest of the config a run trains with, defaults included: a run is reused only if the
+    config resolves the same (a changed default makes it train again)."""
+    from trainer.config import load
+    from trainer.config_tree import to_dict
+
+    resolved = json.dumps(to_dict(load(config, overrides)), sort_keys=True, default=str)
+    return hashlib.sha256(resolved.encode()).hexdigest()[:16]
 
 
 def read_curve(run: Path) -> list[dict]:

@@ -54,3 +54,17 @@ def test_quality_benchmark_trains_scores_and_reports(tmp_path: Path) -> None:
     again = benchmark(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "full-seed0: reused" in again.stdout and "per_frame-seed0: reused" in again.stdout
+
+
+def test_a_run_is_reused_only_for_the_config_it_trained(tmp_path: Path) -> None:
+    """The digest covers the resolved config, defaults included: what a changed default changes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    config = str(REPO / "configs" / "quality.yaml")
+    digest = quality.config_digest(config, ["train.seed=0"])
+    assert digest == quality.config_digest(config, ["train.seed=0"])
+    assert digest != quality.config_digest(config, ["train.seed=0", "model.loss.mask_criterion=l1"])
+    assert digest != quality.config_digest(config, ["train.seed=1"])
