@@ -57,16 +57,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
     from dataio.pack import pack
-    overrides = list(args.overrides)
-    if args.source:
-        overrides.append(f"data.pack.source={args.source}")
-    if args.dest:
-        overrides.append(f"data.shards={args.dest}")
-    if args.skip_bad:
-        overrides.append("data.pack.skip_bad=true")
-    from cluster.config import load
-    cfg = load(args.config, overrides)
-    report = pack(cfg.data)
+    report = pack(_config(args).data)
     print(report.summary())
     return 0
 
@@ -137,12 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cluster.config import load
     from cluster.evaluate import run_eval
-    flags = {"data.shards": args.data, "eval.frames": args.frames, "eval.split": args.split,
-             "eval.max_clips": args.max_clips, "eval.device": args.device}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = load(args.config, overrides)
+    cfg = _config(args)
     os.environ["MLFLOW_TRACKING_URI"] = _tracking_uri(args)  # where models:/ URIs resolve
     result = run_eval(cfg, args.model, args.out, video=args.video, run_id=args.run,
                       tracking_uri=_tracking_uri(args))
@@ -246,12 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(synth)
     synth.set_defaults(func=cmd_data_synth)
 
-    pack = data.add_parser("pack", help="pack sequences into WebDataset shards (local folder or s3://)")
+    pack = data.add_parser("pack", help="pack sequences (data.pack.source) into WebDataset shards (data.shards: "
+                                        "a folder or s3://); data.pack.skip_bad=true skips bad sequences")
     _add_config_args(pack)
-    pack.add_argument("--source", help="input folder of sequences (data.pack.source)")
-    pack.add_argument("--dest", help="shard destination, a folder or s3://bucket/prefix (data.shards)")
-    pack.add_argument("--skip-bad", action="store_true",
-                      help="skip bad sequences and list them in the report instead of stopping")
     pack.set_defaults(func=cmd_data_pack)
 
     inspect = data.add_parser("inspect", help="read one batch through the DALI loader and summarise it")
@@ -333,19 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_arg(gen)
     gen.set_defaults(func=cmd_generate)
 
-    evaluate = commands.add_parser("eval", help="score a generator on a shard set: PSNR, SSIM, warping error, "
-                                                "FID/FVD; JSON report + worst/best video")
+    evaluate = commands.add_parser("eval", help="score a generator on a shard set (data.shards; eval.split, "
+                                                "eval.frames, eval.max_clips, eval.device): PSNR, SSIM, "
+                                                "warping error, FID/FVD; JSON report + worst/best video")
     evaluate.add_argument("--model", required=True,
                           help="models:/NAME@ALIAS (any MLflow model URI), or a checkpoint: an exported "
                                "generator.pt, a run's checkpoint folder or one step-* folder")
-    evaluate.add_argument("--data", help="shard location, a folder or s3://bucket/prefix (data.shards)")
-    evaluate.add_argument("--frames", type=int, help="frames per clip from the first (eval.frames; default: all)")
-    evaluate.add_argument("--split", choices=("val", "train"), help="manifest split to score (eval.split; default val)")
-    evaluate.add_argument("--max-clips", type=int, help="score only the first N clips (eval.max_clips)")
     evaluate.add_argument("--out", default="eval/report.json", help="JSON report (default: eval/report.json)")
     evaluate.add_argument("--video", help="worst (top) / best (bottom) side-by-side mp4 (default: beside --out)")
     evaluate.add_argument("--run", help="MLflow run id to log the metrics, report and video to")
-    evaluate.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (eval.device)")
     _add_tracking_arg(evaluate)
     _add_config_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)

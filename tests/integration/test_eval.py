@@ -116,7 +116,7 @@ def test_real_clips_scored_as_generated_are_perfect(trained: dict) -> None:
 
 def test_eval_a_checkpoint(trained: dict, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    proc = cli("eval", "--model", str(trained["ckpt"]), "--data", str(trained["shards"]), "--out", str(out),
+    proc = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={trained['shards']}", "--out", str(out),
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())
@@ -141,8 +141,8 @@ def test_eval_reads_shards_from_s3(trained: dict, tmp_path: Path, s3_bucket: str
     s3_filesystem().put(str(trained["shards"]) + "/", f"{s3_bucket}/shards/", recursive=True)
     reports = {}
     for name, data in (("local", str(trained["shards"])), ("s3", f"s3://{s3_bucket}/shards")):
-        proc = cli("eval", "--model", str(trained["ckpt"]), "--data", data, "--out", str(tmp_path / f"{name}.json"),
-                   "--max-clips", "2", cwd=tmp_path)
+        proc = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={data}", "--out", str(tmp_path / f"{name}.json"),
+                   "eval.max_clips=2", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert reports["s3"]["info"]["data"] == f"s3://{s3_bucket}/shards" and len(reports["s3"]["clips"]) == 2
@@ -181,13 +181,13 @@ def test_eval_a_registered_model_logs_to_its_run(trained: dict, tmp_path: Path) 
         client = MlflowClient(tracking_uri=url)
         run_id = client.create_run(client.create_experiment("evals")).info.run_id
 
-        unknown = cli("eval", "--model", "models:/tiny-eval@champion", "--data", str(trained["shards"]),
+        unknown = cli("eval", "--model", "models:/tiny-eval@champion", f"data.shards={trained['shards']}",
                       "--run", "0" * 32, "--tracking-uri", url, cwd=tmp_path)
         assert unknown.returncode == 1 and f"--run {'0' * 32}: no such run" in unknown.stderr
 
         out = tmp_path / "eval" / "report.json"
-        done = cli("eval", "--model", "models:/tiny-eval@champion", "--data", str(trained["shards"]),
-                   "--frames", "3", "--run", run_id, "--tracking-uri", url, "--out", str(out),
+        done = cli("eval", "--model", "models:/tiny-eval@champion", f"data.shards={trained['shards']}",
+                   "eval.frames=3", "--run", run_id, "--tracking-uri", url, "--out", str(out),
                    f"eval.inception={tmp_path / 'inception.pt'}", f"eval.i3d={tmp_path / 'i3d.pt'}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-4000:]
         report = json.loads(out.read_text())
@@ -203,26 +203,26 @@ def test_eval_a_registered_model_logs_to_its_run(trained: dict, tmp_path: Path) 
 
 
 def test_bad_input_is_named(trained: dict, tmp_path: Path) -> None:
-    missing = cli("eval", "--model", str(tmp_path / "nope"), "--data", str(trained["shards"]), cwd=tmp_path)
+    missing = cli("eval", "--model", str(tmp_path / "nope"), f"data.shards={trained['shards']}", cwd=tmp_path)
     assert missing.returncode == 1 and f"{tmp_path / 'nope'}: no such file or folder" in missing.stderr
-    empty = cli("eval", "--model", str(trained["ckpt"]), "--data", str(trained["shards"]), "--frames", "9",
+    empty = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={trained['shards']}", "eval.frames=9",
                 cwd=tmp_path)
     assert empty.returncode == 1 and "eval.frames=9" in empty.stderr
-    bad = cli("eval", "--model", str(trained["ckpt"]), "--data", str(trained["shards"]), "eval.width=30",
+    bad = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={trained['shards']}", "eval.width=30",
               cwd=tmp_path)
     assert bad.returncode == 2 and "eval" in bad.stderr and "together" in bad.stderr
     (tmp_path / "weights.pt").write_bytes(b"not a network")
-    net = cli("eval", "--model", str(trained["ckpt"]), "--data", str(trained["shards"]),
+    net = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={trained['shards']}",
               f"eval.inception={tmp_path / 'weights.pt'}", cwd=tmp_path)
     assert net.returncode == 1 and f"eval.inception={tmp_path / 'weights.pt'}" in net.stderr
     assert "TorchScript" in net.stderr and "Traceback" not in net.stderr
 
 
 def test_eval_the_train_split(trained: dict, tmp_path: Path) -> None:
-    """`vid2vid eval ... --split train`, as the README shows it."""
+    """`vid2vid eval ... eval.split=train`, as the README shows it."""
     from dataio.manifest import read_manifest
     out = tmp_path / "train.json"
-    proc = cli("eval", "--model", str(trained["ckpt"]), "--data", str(trained["shards"]), "--split", "train",
+    proc = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={trained['shards']}", "eval.split=train",
                "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())

@@ -39,7 +39,8 @@ def test_synth_pack_and_inspect_as_the_readme_shows(tmp_path: Path) -> None:
 
 
 def test_pack_from_a_source_to_s3_skipping_a_bad_sequence(tmp_path: Path, s3_endpoint: str) -> None:
-    """`vid2vid data pack --source my_videos/ --dest s3://bucket/prefix --skip-bad`, as written."""
+    """`vid2vid data pack data.pack.source=my_videos/ data.shards=s3://bucket/prefix data.pack.skip_bad=true`,
+    as written."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
     run(tmp_path, "data", "synth", "--config", "configs/demo.yaml", "data.synth.sequences=3",
         "data.synth.out=my_videos")
@@ -47,7 +48,8 @@ def test_pack_from_a_source_to_s3_skipping_a_bad_sequence(tmp_path: Path, s3_end
     Image.fromarray(np.full((128, 256), 200, np.uint8)).save(bad)  # class 200 of 8: a bad label map
     import s3fs
     s3fs.S3FileSystem().mkdir("bucket")
-    packed = run(tmp_path, "data", "pack", "--source", "my_videos/", "--dest", "s3://bucket/prefix", "--skip-bad")
+    packed = run(tmp_path, "data", "pack", "data.pack.source=my_videos/", "data.shards=s3://bucket/prefix",
+                 "data.pack.skip_bad=true")
     assert "seq_0002" in packed.stdout
     fs = s3fs.S3FileSystem()
     names = {Path(p).name for p in fs.ls("bucket/prefix")}
