@@ -71,3 +71,20 @@ def test_the_same_pair_gives_the_same_flow_whatever_came_before() -> None:
     first = lf.label_flow(current, previous)
     lf.label_flow(noise(16, 32), noise(16, 32))  # an earlier stage's size
     assert torch.equal(lf.label_flow(current, previous), first)
+
+
+def test_the_label_flow_error_benchmark_runs_as_documented():
+    """benchmarks/label_flow_error.py on one short sequence: every flow it compares, and the real
+    frames' DIS flow well below zero motion (the truth it is measured against is exact)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "label_flow_error.py"
+    out = subprocess.run([sys.executable, str(script), "--sequences", "1", "--frames", "4"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.startswith("1 sequences x 3 frame pairs, 64x128")
+    ratios = dict(re.findall(r"^  (\w+(?: DIS)?) +end-point error [\d.]+ px  \(([\d.]+)x zero", out, re.M))
+    assert set(ratios) == {"zero", "nearest", "area", "packed", "real DIS"}
+    assert float(ratios["zero"]) == 1.0 and float(ratios["real DIS"]) < 0.6
