@@ -12,6 +12,8 @@ A size the model cannot take is refused before any frame is read.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,6 +38,7 @@ from trainer.samples import Mp4Writer
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 IMAGE_SUFFIXES = {".png"}
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 class LabelInputError(UserInputError, ValueError):
@@ -149,7 +152,8 @@ def output_size(source: LabelSource, divisor: int, size: tuple[int, int] | None)
 
 def encoded_frames(source: LabelSource, labels: LabelSpec, size: tuple[int, int]
                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(model input float32 [C, H, W], ids at the output size) per frame, resized nearest-neighbour."""
+    """(model input [C, H, W], ids at the output size) per frame, resized nearest-neighbour; class maps
+    come as compact uint8 planes (``LabelSpec.encode``): a 2048x1024 frame of 36 planes is 75 MB, not 0.3 GB."""
     height, width = size
     for ids, edges in source.read():
         if ids.shape[:2] != (height, width):
@@ -157,7 +161,7 @@ def encoded_frames(source: LabelSource, labels: LabelSpec, size: tuple[int, int]
             if edges is not None:
                 edges = cv2.resize(edges, (width, height), interpolation=cv2.INTER_NEAREST)
         try:
-            yield labels.encode(ids, edges), ids
+            yield labels.encode(ids, edges, compact=True), ids
         except ValueError as err:
             raise LabelInputError(f"labels {source.source}: {err}") from None
 
@@ -171,11 +175,28 @@ def colour_labels(ids: np.ndarray, labels: LabelSpec) -> np.ndarray:
     return palette[ids]
 
 
+def steady_heap() -> None:
+    """Blocks over 16 MiB straight from mmap, handed back to the system when freed.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB); after that,
+    frame-sized tensors come from the heap and fragment it: generating 2048x1024 frames grew from
+    1.47 to 1.60 GiB over 8 frames, and 30 frames peaked 1.19x what 3 frames did. With the threshold
+    fixed at 16 MiB (which also turns the adjustment off) the peak stayed at 1.32 GiB from the second
+    frame on, for 5% more time per frame (page faults of fresh mappings); at 1 MiB it cost 30%, at
+    32 MiB the peak grew again (benchmarks/generate_memory.py; docs/performance.md).
+    """
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 16 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): another allocator with its own policy
+
+
 def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_side: bool = False,
              size: tuple[int, int] | None = None, key: str | None = None, fps: int = 8,
              device: str = "auto", progress: bool = True) -> Path:
     """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``.
     ``model_uri``: an MLflow model URI or a local checkpoint (``cluster.registry.load_video_model``)."""
+    steady_heap()
     device = pick_device(device)
     model = load_video_model(model_uri, device)
     source = open_labels(labels, model.labels, key)

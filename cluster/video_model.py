@@ -69,7 +69,8 @@ class VideoGenerator(nn.Module):
         return self.stream(labels.unbind(dim=1))
 
     def stream(self, labels: Iterable[Tensor]) -> Iterator[Tensor]:
-        """Frame by frame from label frames [B, C, H, W] as they come: float [B, 3, H, W] in [-1, 1].
+        """Frame by frame from label frames [B, C, H, W] as they come (float, or uint8 0/1 planes from
+        ``LabelSpec.encode(compact=True)``): float [B, 3, H, W] in [-1, 1].
 
         Only the last L+1 label frames and L outputs are kept (what the generator reads), so memory
         does not grow with the video; ``vid2vid eval`` scores these, ``generate`` and pyfunc serve
@@ -79,7 +80,8 @@ class VideoGenerator(nn.Module):
         rollout = Rollout(self.generator)
         with torch.no_grad():
             for frame in labels:
-                yield rollout.step(frame.to(param.device, param.dtype)).image
+                # Compact uint8 label planes stay compact: the generator converts what it reads.
+                yield rollout.step(frame.to(param.device, None if frame.dtype == torch.uint8 else param.dtype)).image
 
     def frames(self, labels: Tensor) -> Iterator[Tensor]:
         """Frame by frame (for progress): uint8 [B, H, W, 3] for each t of ``labels`` [B, T, C, H, W]."""

@@ -56,21 +56,28 @@ class LabelSpec:
         return cls(int(value["num_classes"]), value.get("kind", "classes"), _pairs(value.get("label_map", {})),
                    bool(value.get("has_edges", False)))
 
-    def encode(self, ids: np.ndarray, edges: np.ndarray | None = None) -> np.ndarray:
+    def encode(self, ids: np.ndarray, edges: np.ndarray | None = None, compact: bool = False) -> np.ndarray:
         """float32 [C, H, W] model input of one frame: ``ids`` uint8 [H, W] class ids (already remapped)
         or [H, W, 3] renderings, and ``edges`` uint8 [H, W] (255 on instance boundaries) when the model
         has an edge channel (a frame without instance maps gets zeros there). The training loader lays
-        out the same channels (dataio/augment.py, dataio/pipeline.py)."""
+        out the same channels (dataio/augment.py, dataio/pipeline.py).
+
+        ``compact``: class maps as uint8 0/1 planes, the same values in a quarter of the memory (edges
+        must be 0/255, as ``dataio.format.instance_edges`` makes them); the generator reads either
+        (models/stripes.py). Renderings stay float32."""
         if self.kind == "rgb":
-            planes = ids.astype(np.float32).transpose(2, 0, 1) / 255.0
-        else:
-            if int(ids.max(initial=0)) >= self.num_classes:
-                raise ValueError(f"class id {int(ids.max())} but the model knows {self.num_classes} classes "
-                                 f"(0..{self.num_classes - 1})")
-            planes = (ids[None] == np.arange(self.num_classes, dtype=ids.dtype)[:, None, None]).astype(np.float32)
+            return ids.astype(np.float32).transpose(2, 0, 1) / 255.0
+        if int(ids.max(initial=0)) >= self.num_classes:
+            raise ValueError(f"class id {int(ids.max())} but the model knows {self.num_classes} classes "
+                             f"(0..{self.num_classes - 1})")
+        dtype = np.uint8 if compact else np.float32
+        planes = (ids[None] == np.arange(self.num_classes, dtype=ids.dtype)[:, None, None]).astype(dtype)
         if not self.has_edges:
             return planes
-        edge = np.zeros(ids.shape[:2], np.float32) if edges is None else edges.astype(np.float32) / 255.0
+        if edges is None:
+            edge = np.zeros(ids.shape[:2], dtype)
+        else:
+            edge = (edges == 255).astype(dtype) if compact else edges.astype(np.float32) / 255.0
         return np.concatenate([planes, edge[None]], axis=0)
 
 

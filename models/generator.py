@@ -170,7 +170,11 @@ def _left_pad(frames: Tensor, count: int) -> Tensor:
 
 
 def _pool(x: Tensor, factor: int) -> Tensor:
-    return x if factor == 1 else F.avg_pool2d(x, factor)
+    if factor == 1:
+        return x
+    if not x.is_floating_point():  # compact label planes (inference): a few channels at a time
+        return torch.cat([F.avg_pool2d(part.float(), factor) for part in x.split(4, dim=1)], dim=1)
+    return F.avg_pool2d(x, factor)
 
 
 @dataclass

@@ -39,9 +39,10 @@ def label_flow(current: Tensor, previous: Tensor) -> Tensor:
         return current.new_zeros(current.shape[0], 2, height, width)
     scale = min(1.0, MAX_WIDTH / width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    pair = torch.stack([current, previous], dim=1).detach().float()
+    pair = torch.stack([current, previous], dim=1).detach()
     if size != (height, width):
         pair = F.interpolate(pair.flatten(0, 1), size=size, mode="nearest").unflatten(0, pair.shape[:2])
+    pair = pair.float()  # after the resize: label planes may come as uint8 (models/stripes.py)
     grey = _grey(pair).cpu().numpy()
     # A fresh DIS object per pair (0.05 ms): one that has seen other images returns a flow up to
     # 0.08 px different for the same pair, and a resumed run must repeat the uninterrupted one exactly.
@@ -51,7 +52,7 @@ def label_flow(current: Tensor, previous: Tensor) -> Tensor:
     if size != (height, width):
         flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
         flow = flow * torch.tensor([width / size[1], height / size[0]], device=flow.device).view(1, 2, 1, 1)
-    return flow.to(current.dtype)
+    return flow.to(current.dtype) if current.is_floating_point() else flow
 
 
 def _grey(labels: Tensor) -> Tensor:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from models.spade import SPADE
+from models.stripes import conv_any, conv_rows, instance_norm_, striped
 
 ConvFactory = Callable[..., nn.Module]
 
@@ -42,16 +44,19 @@ class CondNorm(nn.Module):
         else:
             raise ValueError(f"unknown norm {kind!r}: expected spade, instance or batch")
 
-    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None, inplace: bool = False) -> Tensor:
+        """``inplace`` (inference only, ``x`` owned by the caller): normalize ``x`` itself."""
         if self.kind == "spade":
             if cond is None:
                 raise ValueError("a SPADE norm needs the label map, got cond=None")
-            return self.norm(x, cond)
+            return self.norm(x, cond, inplace=inplace)
+        if inplace and self.kind == "instance":
+            return instance_norm_(x, self.norm.eps, self.norm.weight, self.norm.bias)
         return self.norm(x)
 
 
-def _act(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, 0.2)
+def _act(x: Tensor, inplace: bool = False) -> Tensor:
+    return F.leaky_relu(x, 0.2, inplace=inplace)
 
 
 class ConvBlock(nn.Module):
@@ -67,10 +72,15 @@ class ConvBlock(nn.Module):
         self.norm = CondNorm(norm, c_out, cond_channels, hidden, conv)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        if self.upsample:
-            # Nearest upsampling then a conv, rather than a transposed conv: no checkerboard.
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return _act(self.norm(self.conv(self.pad(x)), cond))
+        if self.conv.stride == (1, 1) and striped(x, self.conv.weight.dtype, self.upsample):  # inference, full size
+            y = conv_rows(self.conv, x, self.conv.kernel_size[0] // 2, "reflect", upsample=self.upsample)
+        else:
+            if self.upsample:
+                # Nearest upsampling then a conv, rather than a transposed conv: no checkerboard.
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            y = self.conv(self.pad(x))
+        inplace = not torch.is_grad_enabled()  # y is ours: without autograd nothing else reads it
+        return _act(self.norm(y, cond, inplace=inplace), inplace=inplace)
 
 
 class ResBlock(nn.Module):
@@ -85,8 +95,8 @@ class ResBlock(nn.Module):
         self.conv2 = conv(channels, channels, 3, padding=1, padding_mode="reflect")
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        y = self.conv1(_act(self.norm1(x, cond)))
-        y = self.conv2(_act(self.norm2(y, cond)))
+        y = conv_any(self.conv1, _act(self.norm1(x, cond)))
+        y = conv_any(self.conv2, _act(self.norm2(y, cond)))
         return x + y
 
 
@@ -115,4 +125,6 @@ class OutputConv(nn.Module):
             nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if striped(x, self.conv.weight.dtype):
+            return conv_rows(self.conv, x, 3, "reflect")
         return self.conv(self.pad(x))

@@ -65,6 +65,10 @@ class Mp4Writer:
         if self._stream is None:
             self._stream = self._container.add_stream("libx264", rate=self.fps)
             self._stream.width, self._stream.height, self._stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+            # No lookahead or B-frames: x264's defaults hold up to ~50 frames back (0.48 GiB after 60
+            # frames of 2048x1024, still growing); zerolatency stays at 0.09 GiB from the first frames,
+            # for files ~25% larger. `vid2vid generate` streams: its memory must not grow with the video.
+            self._stream.options = {"tune": "zerolatency"}
         for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
             self._container.mux(packet)
 

@@ -32,3 +32,14 @@ def test_encode_one_frame_as_the_loader_lays_it_out() -> None:
     assert LabelSpec(8, "rgb").encode(rgb).tolist() == np.ones((3, 2, 2)).tolist()
     with pytest.raises(ValueError, match="class id 2 but the model knows 2 classes"):
         LabelSpec(2).encode(ids)
+
+
+def test_compact_encoding_holds_the_same_values_in_uint8() -> None:
+    ids = np.array([[0, 1], [2, 1]], np.uint8)
+    edges = np.array([[255, 0], [0, 255]], np.uint8)
+    spec = LabelSpec(3, has_edges=True)
+    compact = spec.encode(ids, edges, compact=True)
+    assert compact.dtype == np.uint8 and compact.nbytes * 4 == spec.encode(ids, edges).nbytes
+    assert np.array_equal(compact.astype(np.float32), spec.encode(ids, edges))
+    assert spec.encode(ids, compact=True)[3].max() == 0
+    assert LabelSpec(8, "rgb").encode(np.full((2, 2, 3), 255, np.uint8), compact=True).dtype == np.float32
