@@ -62,14 +62,16 @@ class LabelSpec:
         has an edge channel (a frame without instance maps gets zeros there). The training loader lays
         out the same channels (dataio/augment.py, dataio/pipeline.py).
 
-        ``compact``: class maps as uint8 0/1 planes, the same values in a quarter of the memory (edges
-        must be 0/255, as ``dataio.format.instance_edges`` makes them); the generator reads either
-        (models/stripes.py). Renderings stay float32."""
+        ``compact``: class maps as uint8 0/1 planes, the same values in a quarter of the memory; the
+        generator reads either (models/stripes.py). Renderings, and edge maps other than 0/255 (what
+        ``dataio.format.instance_edges`` makes), stay float32."""
         if self.kind == "rgb":
             return ids.astype(np.float32).transpose(2, 0, 1) / 255.0
         if int(ids.max(initial=0)) >= self.num_classes:
             raise ValueError(f"class id {int(ids.max())} but the model knows {self.num_classes} classes "
                              f"(0..{self.num_classes - 1})")
+        if compact and edges is not None and self.has_edges and ((edges != 0) & (edges != 255)).any():
+            compact = False  # a fraction of an edge is no 0/1 value
         dtype = np.uint8 if compact else np.float32
         planes = (ids[None] == np.arange(self.num_classes, dtype=ids.dtype)[:, None, None]).astype(dtype)
         if not self.has_edges:

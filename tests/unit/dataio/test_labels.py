@@ -43,3 +43,6 @@ def test_compact_encoding_holds_the_same_values_in_uint8() -> None:
     assert np.array_equal(compact.astype(np.float32), spec.encode(ids, edges))
     assert spec.encode(ids, compact=True)[3].max() == 0
     assert LabelSpec(8, "rgb").encode(np.full((2, 2, 3), 255, np.uint8), compact=True).dtype == np.float32
+    soft = np.array([[128, 0], [0, 255]], np.uint8)  # not 0/255: kept as the float fraction
+    assert np.array_equal(spec.encode(ids, soft, compact=True), spec.encode(ids, soft))
+    assert spec.encode(ids, soft, compact=True)[3, 0, 0] == np.float32(128 / 255)
