@@ -1,13 +1,14 @@
-"""The whole trainer under torchrun (2 ranks, gloo, ZeRO 2) on real shards with the real networks.
+"""The whole trainer under torchrun (2 ranks, gloo, ZeRO 2 and 0) on real shards with the real networks.
 
-Launches (each ~40 s on 2 busy cores), shared by the checks below:
-  A  the tiny config end to end: 3 epochs, two stage changes (a new scale trained alone, then jointly
-     with longer clips), checkpoints every 2 steps, held-out scores every 3 steps and at each
-     checkpoint, MLflow on sqlite, export.
-  B  fresh processes resumed from A's step-2 checkpoint (a stage boundary, so the resumed run goes
-     through both engine rebuilds), scoring nothing, and from its step-4 one, scoring as A did: each
-     must reproduce A's losses and final weights exactly (so scoring changes nothing of training),
-     the second also A's scores.
+Launches (each 10-15 s on 2 cores), shared by the checks below:
+  A  the tiny config end to end: 3 epochs, every kind of stage change (a new scale trained alone
+     while the coarse one is fixed, then both jointly with clips twice as long, the learning rate
+     decaying over the last epoch), checkpoints every 2 steps, held-out scores every 3 steps and at
+     each checkpoint, MLflow on sqlite, export; under ZeRO 2, and under ZeRO 0 for the resumes.
+  B  fresh processes resumed from each of A's checkpoints before the last (steps 2 and 4 at stage
+     boundaries, so the resumed run goes through the engine rebuilds; step 6 inside an epoch), some
+     scoring as A did and some not, under ZeRO 2 and ZeRO 0: each must reproduce A's losses and final
+     weights exactly (so scoring changes nothing of training), the scoring ones also A's scores.
   C  resumed from A's step-2 checkpoint with a learning rate of 1e30: losses go non-finite, steps are
      skipped, training stops with an error naming the terms, the checkpoint is left as it was.
 """
@@ -29,8 +30,15 @@ from live_servers import synth_and_pack
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_train.yaml"
-ZERO2 = ["train.generator.zero_stage=2", "train.discriminator.zero_stage=2",
-         "checkpoint.every_steps=2", "checkpoint.keep=4"]
+
+
+def zero(stage: int) -> list[str]:
+    """ZeRO ``stage`` for both engines, a checkpoint every 2 steps, all of them kept."""
+    return [f"train.generator.zero_stage={stage}", f"train.discriminator.zero_stage={stage}",
+            "checkpoint.every_steps=2", "checkpoint.keep=4"]
+
+
+ZERO2 = zero(2)
 # The tiny shards have no val split: score the train clips (unaugmented, as a val split would be).
 SCORING = ["eval.every_steps=3", "eval.at_checkpoint=true", "eval.split=train"]
 
@@ -66,16 +74,28 @@ def workdir_with(tmp: Path, shards: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> Path:
-    work = workdir_with(tmp_path_factory.mktemp("run_a"), shards)
-    from trainer.config import TrackingConfig
-    from trainer.tracking import prepare_store
-    prepare_store(TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="tiny",
-                                 artifact_location=str(work / "mlruns")))  # once, before the workers start
-    proc = trainer_run(work, *ZERO2, *SCORING)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert "done: epochs=3 steps=8 skipped=0" in proc.stdout
-    return work
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, shards: Path):
+    """Run A under ZeRO ``stage`` (0 or 2), made once per module when first asked for."""
+    made: dict[int, Path] = {}
+
+    def get(stage: int) -> Path:
+        if stage not in made:
+            work = workdir_with(tmp_path_factory.mktemp(f"run_a_zero{stage}"), shards)
+            from trainer.config import TrackingConfig
+            from trainer.tracking import prepare_store
+            prepare_store(TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="tiny",
+                                         artifact_location=str(work / "mlruns")))  # once, before the workers start
+            proc = trainer_run(work, *zero(stage), *SCORING)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+            assert "done: epochs=3 steps=8 skipped=0" in proc.stdout
+            made[stage] = work
+        return made[stage]
+    return get
+
+
+@pytest.fixture(scope="module")
+def run_a(uninterrupted) -> Path:
+    return uninterrupted(2)
 
 
 def test_losses_stages_and_tracking(run_a: Path) -> None:
@@ -177,15 +197,22 @@ def copy_checkpoint(run_a: Path, work: Path, step: int) -> Path:
     return target / name
 
 
+@pytest.mark.parametrize("stage", [2, 0])
 @pytest.mark.parametrize("step,scoring", [
     (2, []),       # end of epoch 0: the next epoch trains the new scale 1 alone (no parameter keeps training)
-    (4, SCORING),  # end of epoch 1: the next releases scale 0 to train with scale 1, whose Adam moments carry over
+    (4, SCORING),  # end of epoch 1: the next releases scale 0 to train with scale 1 (Adam moments carried) on
+                   # clips twice as long, with the learning rate decaying
+    (6, []),       # inside epoch 2: the batch position, mid-decay
+    (8, []),       # the last: nothing left to train, the same export
 ])
-def test_resume_reproduces_the_uninterrupted_run(run_a: Path, shards: Path, tmp_path: Path, step: int,
-                                                 scoring: list[str]) -> None:
+def test_resume_reproduces_the_uninterrupted_run(uninterrupted, shards: Path, tmp_path: Path, stage: int,
+                                                 step: int, scoring: list[str]) -> None:
+    """A resume from each checkpoint of run A (8 steps, every kind of stage change) under ZeRO 0 and 2
+    ends with A's losses from the next step on and A's final weights, bit for bit."""
+    run_a = uninterrupted(stage)
     work = workdir_with(tmp_path, shards)
     copy_checkpoint(run_a, work, step)
-    proc = trainer_run(work, *ZERO2, *scoring)
+    proc = trainer_run(work, *zero(stage), *scoring)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert f"resumed from checkpoints/tiny/step-{step:09d}" in proc.stderr
     for key in ("g/total", "d/total", "g/flow"):
