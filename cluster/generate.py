@@ -185,10 +185,10 @@ def steady_heap() -> None:
     frame on, for 5% more time per frame (page faults of fresh mappings); at 1 MiB it cost 30%, at
     32 MiB the peak grew again (benchmarks/generate_memory.py; docs/performance.md).
     """
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 16 << 20)
-    except (OSError, AttributeError):
-        pass  # not glibc (macOS, musl): another allocator with its own policy
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is not None:  # glibc; other C libraries (macOS, musl) keep their own allocator policy
+        mallopt(M_MMAP_THRESHOLD, 16 << 20)
 
 
 def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_side: bool = False,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.stripes import conv_rows, stripes, striped
+from models.stripes import conv_rows, instance_stats, stripes, striped
 
 
 class SPADE(nn.Module):
@@ -41,22 +41,23 @@ class SPADE(nn.Module):
         """The same, stripe by stripe (models/stripes.py): the hidden map, gamma and beta exist for one
         stripe at a time."""
         if isinstance(self.norm, nn.InstanceNorm2d):
-            var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
-            scale = (var + self.norm.eps).rsqrt()
+            mean, scale = instance_stats(x, self.norm.eps)
             normed = None
         else:
             normed = self.norm(x)  # batch statistics or running averages: the module's own rule
         out = x if inplace else torch.empty_like(x)
         height = x.shape[-2]
         shared = self.shared[0]
+        # Read once: a spectral-norm weight is computed on every access.
+        (gamma_w, gamma_b), (beta_w, beta_b) = (self.gamma.weight, self.gamma.bias), (self.beta.weight, self.beta.bias)
         row_bytes = labels.shape[0] * labels.shape[1] * labels.shape[-1] * x.dtype.itemsize
         for r0, r1 in stripes(height, row_bytes):
             # gamma and beta (3x3, zero padding) read one hidden row beyond the stripe on each side.
             h0, h1 = max(r0 - 1, 0), min(r1 + 1, height)
             hidden = torch.relu(conv_rows(shared, labels, 1, "zeros", rows=(h0, h1)))
             hidden = F.pad(hidden, (1, 1, 1 - (r0 - h0), 1 - (h1 - r1)))
-            gamma = F.conv2d(hidden, self.gamma.weight, self.gamma.bias)
-            beta = F.conv2d(hidden, self.beta.weight, self.beta.bias)
+            gamma = F.conv2d(hidden, gamma_w, gamma_b)
+            beta = F.conv2d(hidden, beta_w, beta_b)
             rows = (x[..., r0:r1, :] - mean) * scale if normed is None else normed[..., r0:r1, :]
             out[..., r0:r1, :] = torch.addcmul(beta, rows, 1 + gamma)
         return out

@@ -43,16 +43,15 @@ def conv_rows(conv: nn.Conv2d, x: Tensor, pad: int, mode: str, upsample: bool = 
     """Rows ``rows`` (all by default) of ``conv(pad(upsample(x)))`` for a stride-1 ``conv`` with no padding
     of its own: ``pad`` rows and columns on each side, ``mode`` ``reflect`` or ``zeros``; ``upsample``
     doubles ``x`` by nearest neighbour first. Computed stripe by stripe when ``rows`` is not given."""
-    weight, bias = conv.weight, conv.bias
-    kernel = weight.shape[-2]
+    weight, bias = conv.weight, conv.bias  # read once: a spectral-norm weight is computed on access
     factor = 2 if upsample else 1
-    height, width = x.shape[-2] * factor, x.shape[-1] * factor
-    out_height = height + 2 * pad - kernel + 1
     if rows is not None:
         return _rows(weight, bias, x, pad, mode, factor, *rows)
-    out = x.new_empty(x.shape[0], weight.shape[0], out_height, x.shape[-1] * factor + 2 * pad - kernel + 1,
-                      dtype=weight.dtype)
-    row_bytes = x.shape[0] * x.shape[1] * (width + 2 * pad) * weight.dtype.itemsize
+    kernel = weight.shape[-2]
+    height, width = (x.shape[-2] * factor + 2 * pad, x.shape[-1] * factor + 2 * pad)  # padded
+    out_height = height - kernel + 1
+    out = x.new_empty(x.shape[0], weight.shape[0], out_height, width - kernel + 1, dtype=weight.dtype)
+    row_bytes = x.shape[0] * x.shape[1] * width * weight.dtype.itemsize
     for r0, r1 in stripes(out_height, row_bytes):
         out[..., r0:r1, :] = _rows(weight, bias, x, pad, mode, factor, r0, r1)
     return out
@@ -91,11 +90,16 @@ def conv_any(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return conv_rows(conv, x, pad, "reflect" if conv.padding_mode == "reflect" else "zeros")
 
 
+def instance_stats(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Per sample and channel, the mean and ``1 / sqrt(var + eps)`` of ``InstanceNorm2d`` (biased variance)."""
+    var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
+    return mean, (var + eps).rsqrt()
+
+
 def instance_norm_(x: Tensor, eps: float = 1e-5, weight: Tensor | None = None, bias: Tensor | None = None
                    ) -> Tensor:
-    """``InstanceNorm2d`` (biased variance, as torch's) applied in place, channel by channel."""
-    var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
-    scale = (var + eps).rsqrt()
+    """``InstanceNorm2d`` applied in place, channel by channel."""
+    mean, scale = instance_stats(x, eps)
     if weight is not None:
         scale = scale * weight.view(1, -1, 1, 1)
     x.sub_(mean).mul_(scale)
