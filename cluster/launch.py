@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.config import RootConfig
 from cluster.ray_env import connected, target
 from cluster.run_log import ProgressTail, log_dir, ray_to_file, worker_log
 from cluster.worker import train_loop
-from dataio.errors import UserInputError
+from dataio.errors import UnusableLocationError, UserInputError
 from dataio.reader import list_shards, manifest_or_none
 from dataio.storage import check_location
 from trainer.checkpoint import space_shortage
@@ -42,6 +42,30 @@ class TrainingFailed(UserInputError, RuntimeError):
 
 class NotReadyError(UserInputError, ValueError):
     """What would fail inside every worker, found before any starts; the message names the key."""
+
+
+class NotRetriedError(RuntimeError):
+    """A worker's error that a restart cannot fix, which ended the run without one."""
+
+
+class StopWhenRetryCannotHelp(UserCallback):
+    """Ends a run at a worker error that would only repeat after a restart.
+
+    Ray Train restarts the workers after every worker error, up to ``cluster.max_failures`` times, and
+    its failure policy takes no per-error rule (``FailureConfig`` has only counts). A ``UserInputError``
+    (a full checkpoint disk, data the loader cannot use, an unsafe checkpoint) fails the same way again
+    from the same checkpoint: bit-exact resume makes sure of it. Raising here, in Ray's controller,
+    is a controller error, which Ray does not retry; it stops the workers and ``fit`` raises it. A lost
+    process or node, and a location that cannot be reached (it may come back), are still retried.
+    """
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for rank, error in sorted(worker_exceptions.items()):
+            # Ray hands the worker's exception over wrapped with its traceback text.
+            cause = getattr(error, "_base_exc", error)
+            if isinstance(cause, UserInputError) and not isinstance(cause, UnusableLocationError):
+                raise NotRetriedError(f"{type(cause).__name__}: {str(cause).splitlines()[0]} "
+                                      f"(rank {rank}; not retried: a restart would fail the same way)")
 
 
 @dataclass
@@ -131,7 +155,7 @@ def torch_trainer(cfg: RootConfig, loop_config: dict[str, Any] | None = None, ca
                                  num_to_keep=cfg.checkpoint.keep,
                                  checkpoint_score_attribute=best or None,
                                  checkpoint_score_order=EVAL_METRICS.get(best, "max")),
-                             callbacks=list(callbacks)),
+                             callbacks=[StopWhenRetryCannotHelp(), *callbacks]),
     )
 
 

@@ -1,4 +1,5 @@
-"""Pure parts of the Ray Train launch: path resolution, report names, metrics, the logged config."""
+"""Pure parts of the Ray Train launch: path resolution, report names, metrics, the logged config, which
+worker errors end a run without a restart."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from cluster.config import load
-from cluster.launch import resolve
+from cluster.launch import NotRetriedError, StopWhenRetryCannotHelp, resolve
 from cluster.worker import CheckpointReporter, report_name, trainer_name
+from dataio.errors import UnusableLocationError
+from trainer.checkpoint import CheckpointSpaceError
 from trainer.tracking import redacted_yaml
 
 REPO = Path(__file__).resolve().parents[3]
@@ -83,3 +86,20 @@ def test_s3_locations_that_cannot_be_used_are_named(tmp_path: Path, monkeypatch:
     with pytest.raises(ValueError, match=r"^cluster\.storage_path=s3://present/runs: no AWS credentials: set "
                                          r"AWS_ACCESS_KEY_ID"):
         check_location("s3://present/runs", "cluster.storage_path", write=True)
+
+
+def test_errors_a_restart_cannot_fix_end_the_run() -> None:
+    """Ray hands the controller's callbacks each worker's exception wrapped with its traceback text."""
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    def worker_errors(*errors: Exception) -> dict[int, Exception]:
+        return {rank: UserExceptionWithTraceback(err, f"Traceback ...\n{err!r}") for rank, err in enumerate(errors)}
+
+    stop = StopWhenRetryCannotHelp()
+    with pytest.raises(NotRetriedError, match=r"^CheckpointSpaceError: no space left on /ck: 0 MB free \(rank 1; "
+                                              r"not retried: a restart would fail the same way\)$"):
+        stop.after_exception(None, worker_errors(RuntimeError("gloo: connection reset"),
+                                                 CheckpointSpaceError("no space left on /ck: 0 MB free")))
+    # Retried as before: a crash, a lost connection, a location that may come back.
+    stop.after_exception(None, worker_errors(RuntimeError("gloo: connection reset"), ConnectionError("peer gone"),
+                                             UnusableLocationError("data.shards s3://b/p: endpoint unreachable")))
