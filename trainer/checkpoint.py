@@ -209,8 +209,9 @@ def save(root: str | Path, step: int, trainer_state: dict[str, Any],
             raise
         # The partial folder would only hold the full disk's last bytes: remove it now.
         shutil.rmtree(staging, ignore_errors=True)
+        # Free space now includes what the partial folder held: the whole room the checkpoint had.
         raise CheckpointSpaceError(f"no space left on {root} while writing checkpoint {final.name}: "
-                                   f"{_free_mb(root)} MB free ({err})") from err
+                                   f"{_free_mb(root)} MB free, a checkpoint needs more than that ({err})") from err
     dist.barrier()  # every rank's shards are on disk before rank 0 seals the folder
     if dist.is_main():
         _write(staging / TRAINER_FILE, trainer_state)
