@@ -64,7 +64,7 @@ class StopWhenRetryCannotHelp(UserCallback):
             # Ray hands the worker's exception over wrapped with its traceback text.
             cause = getattr(error, "_base_exc", error)
             if isinstance(cause, UserInputError) and not isinstance(cause, UnusableLocationError):
-                raise NotRetriedError(f"{type(cause).__name__}: {str(cause).splitlines()[0]} "
+                raise NotRetriedError(f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]} "
                                       f"(rank {rank}; not retried: a restart would fail the same way)")
 
 
