@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU paths end to end on one GPU, in under 8 minutes (issue 4). Prints one block per check;
-# paste the output into docs/performance.md with the date and the card.
+# The GPU paths end to end on one GPU, in about 10 minutes (each check has its own timeout; CHECKS
+# picks a subset). Prints one block per check; paste the output into docs/performance.md with the date
+# and the card.
 #
 #   benchmarks/gpu_check.sh            (from the repository root, .venv installed with the CUDA torch)
 #   PY=python3 benchmarks/gpu_check.sh (another interpreter; torchrun is taken from beside it)
@@ -11,9 +12,10 @@
 # 1. Freshly packed demo shards: whether NVDEC decodes the lossless 4:4:4 label/flow streams right
 #    (the config refuses data.loader.label_device=same while it does not), and the loader's frames/s
 #    on `mixed` (NVDEC) against `cpu` in the same process.
-# 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL: step time, peak memory, FLOP/s as a fraction of
-#    this card's measured bf16 matmul peak, with cudnn.benchmark off and on; the GPU's kernel time
-#    against the step's (a profile), and per-sample time at 4x the batch and with channels_last inputs.
+# 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL (benchmarks/gpu_step.py): step time, peak memory,
+#    FLOP/s as a fraction of this card's measured bf16 matmul peak, with cudnn.benchmark off and on; the
+#    GPU's kernel time against the step's (a profile), and per-sample time at 4x the batch and with
+#    channels_last inputs. Then the paper model (configs/paper.yaml, two scales at 1024x512, one clip).
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
 set -uo pipefail
@@ -121,113 +123,11 @@ timeout 180 "$PY" "$WORK/data.py" "${DATA[@]}" || failed "1. data" $?
 fi
 
 if want 2; then
-echo "== 2. one bf16 ZeRO-2 GAN step on one GPU (NCCL)"
-cat > "$WORK/step.py" <<'EOF'
-import os, statistics, time, warnings
-warnings.filterwarnings("ignore", category=FutureWarning)
-import torch
-from types import SimpleNamespace
-from torch.utils.flop_counter import FlopCounterMode
-from models.build import build
-from models.config import ModelConfig
-from trainer import distributed as dist, engines
-from trainer.config import EngineConfig
-from trainer.step import Discriminators, StepSettings, train_batch
-
-dist.init()
-dev = dist.device()
-n = 8192
-a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-for _ in range(3):
-    a @ b
-torch.cuda.synchronize()
-t = time.perf_counter()
-for _ in range(20):
-    a @ b
-torch.cuda.synchronize()
-peak = 20 * 2 * n ** 3 / (time.perf_counter() - t)
-print(f"bf16 matmul peak (measured, {n}^3): {peak / 1e12:.0f} TFLOP/s")
-del a, b
-
-cfg = ModelConfig()
-nets = build(cfg, 9)
-ecfg = EngineConfig(zero_stage=2, precision="bf16")
-pair = engines.Engines(engines.build(nets.generator, ecfg, 4),
-                       engines.build(Discriminators(nets.image_discriminator, nets.temporal_discriminator), ecfg, 4))
-settings = StepSettings(loss=cfg.loss, prev_frames=cfg.generator.prev_frames, frames_per_step=4,
-                        temporal_frames=cfg.discriminator.temporal_frames,
-                        temporal_scales=cfg.discriminator.temporal_scales, dtype=torch.bfloat16)
-H, W, T, B = 256, 512, 4, 4
-
-
-def random_clips(b: int, channels_last: bool = False) -> SimpleNamespace:
-    ids = torch.randint(0, 9, (b, T, H, W), device=dev)
-    clips = dict(rgb=torch.rand(b, T, 3, H, W, device=dev) * 2 - 1,
-                 labels=torch.nn.functional.one_hot(ids, 9).permute(0, 1, 4, 2, 3).float(),
-                 flow=torch.randn(b, T, 2, H, W, device=dev), flow_conf=torch.rand(b, T, 1, H, W, device=dev))
-    if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
-        clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
-    return SimpleNamespace(**clips)
-
-
-batch = random_clips(B)
-train_batch(pair, batch, settings)  # warm-up (cuDNN autotune, lazy optimizer state)
-torch.cuda.synchronize()
-torch.cuda.reset_peak_memory_stats()
-with FlopCounterMode(display=False) as counter:
-    train_batch(pair, batch, settings)
-flops = counter.get_total_flops()
-
-
-def median_step(clips=None) -> float:
-    times = []
-    for _ in range(5):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        train_batch(pair, clips or batch, settings)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-for benchmark in (False, True):  # cuDNN picking each conv's algorithm by timing the candidates
-    torch.backends.cudnn.benchmark = benchmark
-    if benchmark:
-        train_batch(pair, batch, settings)  # autotunes each conv shape once
-        base = step
-    step = median_step()
-    print(f"bf16 ZeRO-2 step, demo model, {W}x{H}, T={T}, batch {B}, cudnn.benchmark={benchmark}: "
-          f"{step * 1000:.0f} ms (median of 5), peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "
-          f"{flops / 1e12:.2f} TFLOP/step, {flops / step / 1e12:.1f} TFLOP/s = {flops / step / peak:.3f} of "
-          f"the measured bf16 peak")
-print(f"step time cudnn.benchmark=True / False: {step / base:.2f}")
-torch.backends.cudnn.benchmark = False
-
-# Where the time goes: GPU kernel time against the step's wall time, and the costliest kernels.
-from torch.profiler import ProfilerActivity, profile
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-    train_batch(pair, batch, settings)
-    torch.cuda.synchronize()
-events = prof.key_averages()
-# Kernels only: op-level rows carry their kernels' time too and would count it twice.
-busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
-print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({busy / base:.2f}): the rest is the "
-      f"host launching work (Python, DeepSpeed hooks, kernel launches)")
-print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
-
-
-
-# What a user can change without code: a larger batch per GPU, and channels_last inputs.
-for label, clips, samples in ((f"batch {4 * B}", random_clips(4 * B), 4 * B),
-                              (f"batch {B}, channels_last inputs", random_clips(B, channels_last=True), B)):
-    train_batch(pair, clips, settings)  # warm-up for the new shapes / layout
-    took = median_step(clips)
-    print(f"{label}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / B):.2f} of batch {B}'s")
-pair.destroy()
-dist.exit_process(0)
-EOF
-timeout 240 "$TORCHRUN" --standalone --nproc_per_node 1 "$WORK/step.py" || failed "2. step" $?
+echo "== 2. one bf16 ZeRO-2 GAN step on one GPU (NCCL): the default model at 512x256, then the paper model at 1024x512"
+# benchmarks/gpu_step.py (tested on the CPU with --smoke): the trainer's own step over real engines.
+timeout 240 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py || failed "2. step" $?
+timeout 300 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \
+    --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --repeats 3 --no-variants || failed "2. paper step" $?
 fi
 
 if want 3; then

@@ -84,9 +84,11 @@ def test_the_best_by_held_out_psnr_read_back_from_mlflow_is_the_champion(swept: 
     parent = next(r for r in runs if r.info.run_name.startswith("sweep-"))
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(children) == 4 and len(runs) == 5
-    # ASHA killed trials mid-run: their runs end KILLED, not RUNNING forever.
+    # ASHA stops trials mid-run: their runs end KILLED, not RUNNING forever. A stopped trial whose last
+    # epoch (seconds here) ended before the stop reached it closed its own run FINISHED: that race is
+    # Tune's, and FINISHED is then the truth. At least the trial that won is FINISHED.
     statuses = sorted(c.info.status for c in children)
-    assert statuses in (["FINISHED", "FINISHED", "KILLED", "KILLED"], ["FINISHED", "KILLED", "KILLED", "KILLED"])
+    assert set(statuses) <= {"FINISHED", "KILLED"} and "FINISHED" in statuses, statuses
     # Each child's best held-out PSNR, and the step of it, from what the trials logged themselves.
     best_of = {c.info.run_id: max(client.get_metric_history(c.info.run_id, "eval/psnr"), key=lambda m: m.value)
                for c in children}

@@ -123,3 +123,27 @@ def test_each_trial_ranked_by_its_best_report_and_its_true_state() -> None:
 def test_a_held_out_metric_is_known_and_its_direction_right(sweep: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(words)):
         load(CONFIG, [f"sweep.{k}={v}" for k, v in sweep.items()])
+
+
+def test_the_runs_of_stopped_trials_end_killed_and_finished_ones_stay(tmp_path: Path) -> None:
+    """A trial Tune stopped mid-run never closed its MLflow run: the sweep ends it KILLED (FAILED for an
+    error); a run its trainer closed keeps its status, whatever Tune says of the trial."""
+    from mlflow.tracking import MlflowClient
+
+    from cluster.sweep import SweepResult, _close_parent
+
+    cfg = load(CONFIG, [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    experiment = client.create_experiment("sweep")
+    runs = {name: client.create_run(experiment).info.run_id for name in ("parent", "won", "stopped", "raced", "broke")}
+    for name in ("won", "raced"):  # closed by their own trainers
+        client.set_terminated(runs[name], "FINISHED")
+    rows = [TrialRow("won", {}, "done", 2, 20.0, run_id=runs["won"]),
+            TrialRow("stopped", {}, STOPPED_EARLY, 1, 10.0, run_id=runs["stopped"]),
+            TrialRow("raced", {}, STOPPED_EARLY, 1, 11.0, run_id=runs["raced"]),
+            TrialRow("broke", {}, "error", 0, run_id=runs["broke"])]
+    _close_parent(cfg, SweepResult(rows, best=rows[0], worst=rows[1], parent_run_id=runs["parent"], rule="r"),
+                  "eval/psnr")
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"parent": "FINISHED", "won": "FINISHED", "stopped": "KILLED", "raced": "FINISHED",
+                      "broke": "FAILED"}

@@ -1,0 +1,199 @@
+"""One GAN step of the trainer (``trainer.step.train_batch``, real DeepSpeed engines) on one GPU: step
+time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak, and where the time
+goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
+channels_last inputs.
+
+    torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
+    torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \\
+        --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --no-variants      # the paper model
+    torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
+
+``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
+fp32 at 32x64 with one timed step: ``tests/unit/test_benchmarks.py`` runs it, so that the script works
+when a session finally has a GPU for it (GPU time is lent for minutes at a time).
+Extra ``model.key=value`` arguments override the config (e.g. a smaller paper model for the smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from dataio.config import DataConfig  # noqa: E402
+from dataio.loader import ClipBatch  # noqa: E402
+from models.build import build, count_parameters, label_channels  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from models.vgg import VGG19Features  # noqa: E402
+from trainer import distributed as dist  # noqa: E402
+from trainer import engines  # noqa: E402
+from trainer.config import EngineConfig  # noqa: E402
+from trainer.config_tree import load_config  # noqa: E402
+from trainer.step import Discriminators, StepSettings, train_batch  # noqa: E402
+
+
+@dataclass
+class _Root:
+    """The sections of a config file this script reads."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a config whose model and data.num_classes to use (default: the "
+                                         "defaults, 8 classes + edges, as the earlier GPU rows measured)")
+    parser.add_argument("--width", type=int, default=512, help="the finest active scale's width (height: half)")
+    parser.add_argument("--active-scales", type=int, default=0, help="generator scales in use (0: all)")
+    parser.add_argument("--frames", type=int, default=4, help="frames of each clip")
+    parser.add_argument("--frames-per-step", type=int, default=0, help="train.frames_per_step (0: the clip)")
+    parser.add_argument("--batch", type=int, default=4, help="clips per step")
+    parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2], help="ZeRO stage of both engines")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the 4x batch and channels_last runs")
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 32x64, one timed step")
+    parser.add_argument("overrides", nargs="*", metavar="model.key=value")
+    args = parser.parse_args()
+    if args.smoke:
+        args.width, args.repeats = 64, 1
+    return args
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measured_peak(dev: torch.device, dtype: torch.dtype, smoke: bool) -> float:
+    """FLOP/s of a large matrix product, the best this card does in ``dtype``."""
+    n = 256 if smoke else 8192
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync()
+    started = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    sync()
+    return 20 * 2 * n ** 3 / (time.perf_counter() - started)
+
+
+def random_clips(dev: torch.device, b: int, t: int, channels: int, height: int, width: int,
+                 channels_last: bool = False) -> ClipBatch:
+    ids = torch.randint(0, channels, (b, t, height, width), device=dev)
+    clips = dict(rgb=torch.rand(b, t, 3, height, width, device=dev) * 2 - 1,
+                 labels=torch.nn.functional.one_hot(ids, channels).permute(0, 1, 4, 2, 3).float(),
+                 flow=torch.randn(b, t, 2, height, width, device=dev),
+                 flow_conf=torch.rand(b, t, 1, height, width, device=dev))
+    if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
+        clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
+    return ClipBatch(**clips, keys=[f"random-{i}" for i in range(b)], draws=[])
+
+
+def main() -> None:
+    args = parse()
+    dist.init()
+    dev = dist.device()
+    cuda = dev.type == "cuda"
+    if not cuda and not args.smoke:
+        raise SystemExit("no GPU here: run with --smoke to check the script on the CPU")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    precision = "bf16" if cuda else "fp32"
+    peak = measured_peak(dev, dtype, args.smoke)
+    print(f"{precision} matmul peak (measured): {peak / 1e12:.2f} TFLOP/s on {torch.cuda.get_device_name() if cuda else 'CPU'}")
+
+    tree = load_config(_Root, args.config, args.overrides)
+    model = tree.model
+    channels = label_channels(tree.data.num_classes, has_edges=True) if args.config else 9
+    nets = build(model, channels)
+    generator = nets.generator
+    active = args.active_scales or model.generator.num_scales
+    generator.set_active_scales(active)
+    vgg = None
+    if model.loss.perceptual > 0 or model.loss.style > 0:  # the paper trains with it; random weights: only the cost matters
+        vgg = VGG19Features().to(dev).eval().requires_grad_(False)
+    ecfg = EngineConfig(zero_stage=args.zero, precision=precision)
+    pair = engines.Engines(engines.build(generator, ecfg, args.batch),
+                           engines.build(Discriminators(nets.image_discriminator, nets.temporal_discriminator),
+                                         ecfg, args.batch))
+    settings = StepSettings(loss=model.loss, frames_per_step=args.frames_per_step or args.frames,
+                            temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
+                            temporal_scales=model.discriminator.temporal_scales, dtype=dtype, vgg=vgg)
+    height, width, frames, batch_size = args.width // 2, args.width, args.frames, args.batch
+    label = (f"{precision} ZeRO-{args.zero} step, {Path(args.config).stem if args.config else 'default'} model "
+             f"({count_parameters(generator, trainable_only=True) / 1e6:.1f}M G params, {active} scale(s)), "
+             f"{width}x{height}, T={frames}, chunks of {settings.frames_per_step}, batch {batch_size}")
+
+    batch = random_clips(dev, batch_size, frames, channels, height, width)
+    train_batch(pair, batch, settings)  # warm-up (cuDNN autotune, lazy optimizer state)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        train_batch(pair, batch, settings)
+    flops = counter.get_total_flops()
+
+    def median_step(clips: ClipBatch) -> float:
+        times = []
+        for _ in range(args.repeats):
+            sync()
+            started = time.perf_counter()
+            train_batch(pair, clips, settings)
+            sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    base = None
+    for benchmark in ((False, True) if cuda else (False,)):  # cuDNN picking each conv's algorithm by timing
+        torch.backends.cudnn.benchmark = benchmark
+        if benchmark:
+            train_batch(pair, batch, settings)  # autotunes each conv shape once
+        step = median_step(batch)
+        base = base or step
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a on the CPU"
+        print(f"{label}, cudnn.benchmark={benchmark}: {step * 1000:.0f} ms (median of {args.repeats}), "
+              f"peak memory {memory}, {flops / 1e12:.3f} TFLOP/step, {flops / step / 1e12:.2f} TFLOP/s = "
+              f"{flops / step / peak:.3f} of the measured {precision} peak", flush=True)
+    torch.backends.cudnn.benchmark = False
+
+    # Where the time goes: kernel time against the step's wall time, and the costliest kernels.
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        train_batch(pair, batch, settings)
+        sync()
+    events = prof.key_averages()
+    if cuda:
+        # Kernels only: op-level rows carry their kernels' time too and would count it twice.
+        busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+        print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({busy / base:.2f}): the rest "
+              f"is the host launching work (Python, DeepSpeed hooks, kernel launches)")
+    print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=12,
+                       max_name_column_width=60), flush=True)
+
+    if not args.no_variants:  # what a user can change without code: a larger batch, channels_last inputs
+        for name, clips, samples in (
+                (f"batch {4 * batch_size}", random_clips(dev, 4 * batch_size, frames, channels, height, width),
+                 4 * batch_size),
+                (f"batch {batch_size}, channels_last inputs",
+                 random_clips(dev, batch_size, frames, channels, height, width, channels_last=True), batch_size)):
+            train_batch(pair, clips, settings)  # warm-up for the new shapes / layout
+            took = median_step(clips)
+            print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
+                  f"of batch {batch_size}'s", flush=True)
+    pair.destroy()
+    dist.exit_process(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""benchmarks/gpu_step.py, the GPU check's step measurement, runs on the CPU (``--smoke``) as gpu_check.sh
+runs it on a GPU: under torchrun, real DeepSpeed engines, the trainer's own step. A session lent a GPU
+has minutes of it; a script that broke since the last one would spend them."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def test_the_paper_model_step_runs_through_the_gpu_script_on_the_cpu() -> None:
+    # The paper config as gpu_check.sh passes it (two active scales, chunks of 2, VGG terms, batch norm),
+    # made small enough for a CPU: the same code paths, not the same size.
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "1", str(REPO / "benchmarks" / "gpu_step.py"),
+               "--smoke", "--config", str(REPO / "configs" / "paper.yaml"), "--active-scales", "2", "--batch", "1",
+               "--frames", "3", "--frames-per-step", "2", "model.generator.ngf=8", "model.generator.max_channels=16",
+               "model.generator.n_blocks=2", "model.generator.n_blocks_local=1", "model.discriminator.ndf=8"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    step = re.search(r"fp32 ZeRO-2 step, paper model \(([\d.]+)M G params, 2 scale\(s\)\), 64x32, T=3, chunks of 2, "
+                     r"batch 1, cudnn.benchmark=False: (\d+) ms .* ([\d.]+) TFLOP/step, .* = ([\d.]+) of the measured "
+                     r"fp32 peak", done.stdout)
+    assert step, done.stdout[-3000:]
+    assert float(step.group(1)) > 0 and int(step.group(2)) > 0 and float(step.group(3)) > 0
+    assert 0 < float(step.group(4)) < 1.5, step.group(0)
+    assert "Self CPU time total" in done.stdout  # the profile's table
+    assert re.search(r"batch 4: \d+ ms per step, time per sample [\d.]+ of batch 1's", done.stdout)
+    assert re.search(r"batch 1, channels_last inputs: \d+ ms per step", done.stdout)
