@@ -8,6 +8,9 @@ the device or the frame size, so it is measured here on the CPU, at a small size
   per frame   the generator alone, no autograd, frames after the first (which has no previous frame)
   per step    one GAN step as ``benchmarks/step_flops.py`` runs it (generator over the clip, D update,
               G update; plain PyTorch: DeepSpeed's engine hooks add host work on top)
+  trainer     the step the trainer runs (``trainer.step.train_batch``: chunks of 2 frames, each with a D
+              and a G update; the raw hallucinated and label-only frames judged too; the flow terms),
+              on plain modules: DeepSpeed's hooks and the optimizer come on top. VGG terms off in both.
 
 Operators are counted below autograd (``TorchDispatchMode``): what reaches a backend kernel, backward
 included. Then the demo step is timed at a tiny size, where compute is negligible (host overhead),
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import statistics
 import sys
 import time
@@ -34,10 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from dataio.loader import ClipBatch  # noqa: E402
 from models.build import build  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.generator import generate_clip  # noqa: E402
+from paper_budget import PlainEngine  # noqa: E402
 from step_flops import Case, make_step  # noqa: E402
+from trainer.engines import Engines  # noqa: E402
+from trainer.step import Discriminators, StepSettings, train_batch  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
@@ -88,6 +96,29 @@ def step_ops(case: Case) -> tuple[int, OpCounter]:
     return counter.total, counter
 
 
+def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, frames: int,
+                     frames_per_step: int = 2) -> tuple[int, OpCounter]:
+    torch.manual_seed(0)
+    channels = classes + 1  # with instance edges
+    nets = build(model, channels)
+    nets.generator.set_active_scales(model.generator.num_scales)
+    engines = Engines(PlainEngine(nets.generator),
+                      PlainEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
+    ids = torch.randint(0, classes, (1, frames, height, width))
+    batch = ClipBatch(rgb=torch.rand(1, frames, 3, height, width) * 2 - 1,
+                      labels=torch.cat([F.one_hot(ids, classes).permute(0, 1, 4, 2, 3).float(),
+                                        torch.zeros(1, frames, 1, height, width)], dim=2),
+                      flow=torch.randn(1, frames, 2, height, width), flow_conf=torch.rand(1, frames, 1, height, width),
+                      keys=["random"], draws=[])
+    settings = StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
+                            frames_per_step=frames_per_step,
+                            temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
+                            temporal_scales=model.discriminator.temporal_scales)
+    with OpCounter() as counter:
+        train_batch(engines, batch, settings)
+    return counter.total, counter
+
+
 def timed(step, repeats: int) -> float:
     step()  # warm-up: allocator, lazy inits
     runs = []
@@ -119,6 +150,11 @@ def main() -> None:
         print(f"  GAN step:  {total} operators ({total / args.frames:.0f} per frame of the clip)")
         print("  most frequent in the step: " + ", ".join(
             f"{op.removeprefix('aten.')} {n}" for op, n in step.ops.most_common(args.top)))
+        trainer_total, trainer_step = trainer_step_ops(model, classes, height, width, args.frames)
+        print(f"  trainer's step (train_batch, chunks of 2): {trainer_total} operators "
+              f"({trainer_total / args.frames:.0f} per frame of the clip)")
+        print("  most frequent in it: " + ", ".join(
+            f"{op.removeprefix('aten.')} {n}" for op, n in trainer_step.ops.most_common(args.top)))
         if name == "demo":
             tiny, _ = make_step(Case("tiny", model, classes, height, width, args.frames), with_vgg=False)
             full, _ = make_step(Case("demo", model, classes, 128, 256, args.frames), with_vgg=False)

@@ -53,10 +53,11 @@ BF16 = 2
 HEADROOM = 1.1
 
 
-class _Engine:
-    """What ``train_batch`` asks of a DeepSpeed engine, on a plain module: forward, backward, step."""
+class PlainEngine:
+    """What ``train_batch`` asks of a DeepSpeed engine, on a plain module: forward, backward, step (no
+    optimizer: the counts here are of the step's graph, not of Adam)."""
 
-    def __init__(self, module: nn.Module, on_backward) -> None:
+    def __init__(self, module: nn.Module, on_backward=lambda: None) -> None:
         self.module, self.on_backward = module, on_backward
 
     def __call__(self, *args, **kwargs):
@@ -120,7 +121,7 @@ def count(model: ModelConfig, channels: int, scale: int, height: int, width: int
             if backwards["count"] % 2 == 0:  # D then G per chunk: the chunk's graphs are both gone now
                 saved["chunks"].append(saved["now"])
                 saved["now"] = 0
-        engines = Engines(_Engine(gen, after_backward), _Engine(discriminators, after_backward))
+        engines = Engines(PlainEngine(gen, after_backward), PlainEngine(discriminators, after_backward))
         settings = StepSettings(loss=model.loss, frames_per_step=frames_per_step,
                                 temporal_frames=model.discriminator.temporal_frames,
                                 temporal_scales=model.discriminator.temporal_scales, vgg=vgg)
