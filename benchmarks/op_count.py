@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from dataio.loader import ClipBatch  # noqa: E402
 from models.build import build  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.generator import generate_clip  # noqa: E402
+from gpu_step import random_clips  # noqa: E402
 from paper_budget import PlainEngine  # noqa: E402
 from step_flops import Case, make_step  # noqa: E402
 from trainer.engines import Engines  # noqa: E402
@@ -104,12 +104,7 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
     nets.generator.set_active_scales(model.generator.num_scales)
     engines = Engines(PlainEngine(nets.generator),
                       PlainEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
-    ids = torch.randint(0, classes, (1, frames, height, width))
-    batch = ClipBatch(rgb=torch.rand(1, frames, 3, height, width) * 2 - 1,
-                      labels=torch.cat([F.one_hot(ids, classes).permute(0, 1, 4, 2, 3).float(),
-                                        torch.zeros(1, frames, 1, height, width)], dim=2),
-                      flow=torch.randn(1, frames, 2, height, width), flow_conf=torch.rand(1, frames, 1, height, width),
-                      keys=["random"], draws=[])
+    batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
     settings = StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
                             frames_per_step=frames_per_step,
                             temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
