@@ -1,6 +1,6 @@
 """The paper's central claim, on this machine: the sequential generator against per-frame synthesis.
 
-    .venv/bin/python benchmarks/quality.py [--budget-s 900] [--seeds 0,1,2] [--jobs 2] [--variants ...]
+    .venv/bin/python benchmarks/quality.py [--budget-s 900] [--seeds 0,1,2] [--jobs 1] [--variants ...]
                                            [--out bench/quality] [key=value ...]
 
 1. Synthesizes street scenes and packs them with a held-out split (``configs/quality.yaml``; the data
@@ -76,7 +76,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
                         help="define (and run) another variant: a name, then the overrides it adds to 'full'")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time; each gets cores // jobs threads")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores // jobs threads")
     parser.add_argument("--curve-every-s", type=float, default=0.0,
                         help="seconds of training between held-out scores (default: a tenth of the budget)")
     parser.add_argument("--out", default="bench/quality", help="data, runs and reports (data reused)")
