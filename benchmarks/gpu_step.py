@@ -1,7 +1,7 @@
 """One GAN step of the trainer (``trainer.step.train_batch``, real DeepSpeed engines) on one GPU: step
 time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak, and where the time
 goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
-channels_last inputs.
+channels_last inputs, and with ``--compile`` the compiled frame step against the eager one.
 
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \\
@@ -60,6 +60,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2], help="ZeRO stage of both engines")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--no-variants", action="store_true", help="skip the 4x batch and channels_last runs")
+    parser.add_argument("--compile", metavar="MODE", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="then compile the generator's frame step (train.compile) and time it against eager")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of --compile (aot_eager: the capture without code generation)")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 32x64, one timed step")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
     args = parser.parse_args()
@@ -191,6 +195,15 @@ def main() -> None:
             took = median_step(clips)
             print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
                   f"of batch {batch_size}'s", flush=True)
+    if args.compile:  # last: compiling changes the generator for good
+        generator.compile_frame_step(args.compile, backend=args.compile_backend)
+        started = time.perf_counter()
+        train_batch(pair, batch, settings)  # compiles each graph of the step (first frame, later frames)
+        sync()
+        compiling = time.perf_counter() - started
+        took = median_step(batch)
+        print(f"compiled frame step (train.compile={args.compile}, {args.compile_backend}): {took * 1000:.0f} ms per step against eager's "
+              f"{base * 1000:.0f} ms: {base / took:.2f}x faster (compiling took {compiling:.0f} s)", flush=True)
     pair.destroy()
     dist.exit_process(0)
 

@@ -101,6 +101,20 @@ class Generator(nn.Module):
                 for head in scale.heads():
                     head.requires_grad_(False)
 
+    def compile_frame_step(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Compile each scale's networks in place (``torch.compile``, fixed shapes): the frame step
+        without the OpenCV flow prior, which would break the graph. Parameter names and state dicts are
+        unchanged (``nn.Module.compile`` compiles the call, not the module)."""
+        import torch._dynamo
+
+        # Every scale module shares one code object, and each of them sees up to 16 input variants
+        # (first frame or not, label-only path, training or no_grad, coarser features or none, and a
+        # size per stage): past dynamo's default limit of 8 it runs eagerly, with only a logged warning.
+        limit = 16 * len(self.scales) * self.cfg.num_scales
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        for scale in self.scales:
+            scale.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
+
     def divisor(self) -> int:
         """Height and width of the input must be multiples of this."""
         return 2 ** (self.cfg.n_downsample + self._active - 1)

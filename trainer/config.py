@@ -87,6 +87,13 @@ class TrainConfig:
     together), then saves, exports and ends as if its epochs were done; 0: no limit. Counted from the
     start of this process's first epoch, so a resumed run gets the whole budget again. For comparisons
     at equal training time (benchmarks/quality.py)."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """``torch.compile`` mode of the generator's frame step (each scale's networks; the flow prior and
+    the warp between them stay eager): fewer, fused kernels per frame. Each new input shape compiles
+    once more (the first frame, the label-only path, a stage change, evaluation), which costs minutes
+    at the start of a run on a CPU, where it did not make the step faster; it is meant for GPUs (not
+    measured on one yet), and ``reduce-overhead`` adds CUDA graphs there. ``off``: eager
+    (docs/performance.md has the measurements)."""
     generator: EngineConfig = field(default_factory=EngineConfig)
     discriminator: EngineConfig = field(default_factory=EngineConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

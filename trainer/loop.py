@@ -104,6 +104,8 @@ class _Run:
         self.loader_shape = (first.height, first.width, first.frames)
         nets = build_networks(cfg.model, self.loader.label_channels)  # a property of the shards, not the config
         self.generator = nets.generator
+        if cfg.train.compile != "off":
+            self.generator.compile_frame_step(cfg.train.compile)
         self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
         self.average = WeightAverage(cfg.train.weight_average)
         self.settings = StepSettings.of(cfg, nets, self.device, on_generator_update=lambda: self.average.update(
