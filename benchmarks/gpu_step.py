@@ -9,7 +9,7 @@ channels_last inputs, and with ``--compile`` the compiled frame step against the
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
 ``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
-fp32 at 32x64 with one timed step: ``tests/unit/test_benchmarks.py`` runs it, so that the script works
+fp32 at 64x32 with one timed step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the script works
 when a session finally has a GPU for it (GPU time is lent for minutes at a time).
 Extra ``model.key=value`` arguments override the config (e.g. a smaller paper model for the smoke run).
 """
@@ -64,7 +64,7 @@ def parse() -> argparse.Namespace:
                         help="then compile the generator's frame step (train.compile) and time it against eager")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of --compile (aot_eager: the capture without code generation)")
-    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 32x64, one timed step")
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 64x32, one timed step")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
     args = parser.parse_args()
     if args.smoke:
@@ -202,8 +202,9 @@ def main() -> None:
         sync()
         compiling = time.perf_counter() - started
         took = median_step(batch)
-        print(f"compiled frame step (train.compile={args.compile}, {args.compile_backend}): {took * 1000:.0f} ms per step against eager's "
-              f"{base * 1000:.0f} ms: {base / took:.2f}x faster (compiling took {compiling:.0f} s)", flush=True)
+        print(f"compiled frame step (train.compile={args.compile}, {args.compile_backend}): {took * 1000:.0f} ms "
+              f"per step against eager's {base * 1000:.0f} ms: {base / took:.2f}x faster "
+              f"(compiling took {compiling:.0f} s)", flush=True)
     pair.destroy()
     dist.exit_process(0)
 

@@ -110,7 +110,7 @@ class Generator(nn.Module):
         # Every scale module shares one code object, and each of them sees up to 16 input variants
         # (first frame or not, label-only path, training or no_grad, coarser features or none, and a
         # size per stage): past dynamo's default limit of 8 it runs eagerly, with only a logged warning.
-        limit = 16 * len(self.scales) * self.cfg.num_scales
+        limit = 16 * len(self.scales) ** 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
         for scale in self.scales:
             scale.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
