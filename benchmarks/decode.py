@@ -126,7 +126,8 @@ def time_loader(cfg: DataConfig, width: int, height: int, epochs: int) -> tuple[
 
 def time_dali_decode(cfg: DataConfig, clips: list[reader.Sample], epochs: int) -> tuple[Clock, int]:
     """The loader's DALI graph alone (decode, no augmentation), fed the same clips in batches."""
-    from dataio.pipeline import Decoded, Decoder, Draw, GraphSpec
+    from dataio.batch import Draw
+    from dataio.pipeline import Decoded, Decoder, GraphSpec
 
     meta = clips[0].meta
     spec = GraphSpec(height=meta.height, width=meta.width, frames=cfg.clip_frames,

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dataio.config import DataConfig  # noqa: E402
-from dataio.loader import ClipBatch  # noqa: E402
+from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402

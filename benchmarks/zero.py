@@ -149,7 +149,7 @@ def random_batch(step: int, channels: int, args: argparse.Namespace, device):
     """Random clips of the loader's layout (one-hot labels, rgb in [-1, 1], small flows)."""
     import torch
 
-    from dataio.loader import ClipBatch
+    from dataio.batch import ClipBatch
 
     gen = torch.Generator().manual_seed(step * 100 + int(os.environ.get("RANK", "0")))
     shape = (1, args.frames)

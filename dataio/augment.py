@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from dataio import format as fmt
-from dataio.pipeline import Decoded, Draw, GraphSpec
+from dataio.batch import Draw
+from dataio.pipeline import Decoded, GraphSpec
 
 _RGB_LUT = (np.arange(256, dtype=np.float32) / np.float32(127.5) - 1).astype(np.float32)
 _UNIT_LUT = (np.arange(256, dtype=np.float32) / np.float32(255)).astype(np.float32)

@@ -52,7 +52,8 @@ from dataio.augment import Arenas, BatchTensors, Writer
 from dataio.config import DataConfig
 from dataio.errors import UserInputError
 from dataio.labels import LabelSpec
-from dataio.pipeline import Decoded, Decoder, Draw, GraphSpec
+from dataio.batch import ClipBatch, Draw
+from dataio.pipeline import Decoded, Decoder, GraphSpec
 from dataio.storage import describe
 
 log = logging.getLogger(__name__)
@@ -68,23 +69,6 @@ every sample would be skipped as bad, so ``mixed`` on such shards is refused up 
 
 class BadDataError(UserInputError, RuntimeError):
     """Too many corrupt samples: the share of skipped samples passed ``loader.max_bad_fraction``."""
-
-
-@dataclasses.dataclass
-class ClipBatch:
-    """One batch of clips. Tensors live on the CPU (``cpu``) or the current CUDA device (``mixed``)."""
-    rgb: torch.Tensor
-    """float32 [B, T, 3, H, W] in [-1, 1]."""
-    labels: torch.Tensor
-    """float32 [B, T, C, H, W]: one-hot classes (or a 3-channel rendering in [0, 1]), then instance
-    edges in [0, 1] when the shards carry them."""
-    flow: torch.Tensor
-    """float32 [B, T, 2, H, W]: backward flow (x, y) in output pixels; zero at t=0."""
-    flow_conf: torch.Tensor
-    """float32 [B, T, 1, H, W] in [0, 1]; zero at t=0."""
-    keys: list[str]
-    draws: list[Draw]
-    """The window start, crop box and flip of each clip (for logs and checks)."""
 
 
 @dataclasses.dataclass

@@ -39,6 +39,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from dataio import format as fmt
+from dataio.batch import Draw
 from dataio.labels import LabelSpec
 
 # External-source names; ``encoded`` streams are uint8 byte arrays.
@@ -87,17 +88,6 @@ class GraphSpec:
     @property
     def label_channels(self) -> int:
         return LabelSpec(self.num_classes, self.label_kind, has_edges=self.has_edges).channels
-
-
-@dataclasses.dataclass(frozen=True)
-class Draw:
-    """The random choices for one sample, shared by all of its streams."""
-    start: int
-    """First frame of the window."""
-    box: tuple[int, int, int, int]
-    """Crop (y0, x0, y1, x1) in source pixels, end exclusive."""
-    flip: bool
-    """Mirrored left-right."""
 
 
 def build(spec: GraphSpec) -> Pipeline:

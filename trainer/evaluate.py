@@ -105,7 +105,7 @@ class Evaluation:
 def evaluate(synthesize: Synthesize, batches: Iterable, *, inception: FeatureNet | None = None,
              i3d: FeatureNet | None = None, skipped: dict[str, str] | None = None,
              max_clips: int = 0, on_clip: Callable[[ClipScore], None] | None = None) -> Evaluation:
-    """Score every clip of ``batches`` (``dataio.loader.ClipBatch``es), or the first ``max_clips``.
+    """Score every clip of ``batches`` (``dataio.batch.ClipBatch``es), or the first ``max_clips``.
     ``skipped`` names metrics the caller could not set up (no feature network) and why.
 
     A clip whose generated frames are not finite is scored (its PSNR is nan, null in JSON), counted in

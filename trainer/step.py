@@ -34,8 +34,8 @@ from trainer.engines import Engines, precision
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the loader imports DALI: only its batch type is needed here
-    from dataio.loader import ClipBatch
+if TYPE_CHECKING:
+    from dataio.batch import ClipBatch
     from models.build import Networks
     from trainer.checkpoint import Progress
     from trainer.config import Config

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from dataio import format as fmt
 from dataio import reader, synth, video
 from dataio.config import DataConfig, PackConfig, SynthConfig
-from dataio.loader import ClipBatch, ClipLoader, build_loader
+from dataio.batch import ClipBatch
+from dataio.loader import ClipLoader, build_loader
 from dataio.pack import pack
 
 H, W, CLIP = 64, 96, 8

@@ -14,7 +14,7 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from dataio.loader import ClipBatch
+from dataio.batch import ClipBatch
 from models.build import build
 from models.config import DiscriminatorConfig, GeneratorConfig, ModelConfig
 from trainer.engines import Engines
