@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from dataio.config import DataConfig  # noqa: E402
-from dataio.loader import ClipBatch  # noqa: E402
+from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
@@ -177,6 +177,12 @@ def main() -> None:
         train_batch(pair, batch, settings)
         sync()
     events = prof.key_averages()
+    # Operators as the dispatcher sees them (nested ones too: aten::conv2d and the convolution it calls),
+    # and kernels launched: each costs the host a few microseconds whatever its size.
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    print(f"per step: {ops} ATen operator calls (nested included), {launches} GPU kernels; host time per "
+          f"operator call {base / max(ops, 1) * 1e6:.1f} us of the step")
     if cuda:
         # Kernels only: op-level rows carry their kernels' time too and would count it twice.
         busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6

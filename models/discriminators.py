@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.batch_norm import BatchNorm2d
 from models.config import DiscriminatorConfig
 from models.layers import conv_factory
 from models.scales import IMAGE_CHANNELS
@@ -55,7 +56,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=False)
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return BatchNorm2d(channels)
     return nn.Identity()
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from models.batch_norm import BatchNorm2d
 from models.spade import SPADE
 from models.stripes import conv_any, conv_rows, instance_norm_, striped
 
@@ -40,7 +41,7 @@ class CondNorm(nn.Module):
         elif kind == "instance":
             self.norm = nn.InstanceNorm2d(channels, affine=True)
         elif kind == "batch":
-            self.norm = nn.BatchNorm2d(channels, affine=True)
+            self.norm = BatchNorm2d(channels, affine=True)
         else:
             raise ValueError(f"unknown norm {kind!r}: expected spade, instance or batch")
 

@@ -34,6 +34,8 @@ def test_the_paper_model_step_runs_through_the_gpu_script_on_the_cpu() -> None:
     assert float(step.group(1)) > 0 and int(step.group(2)) > 0 and float(step.group(3)) > 0
     assert 0 < float(step.group(4)) < 1.5, step.group(0)
     assert "Self CPU time total" in done.stdout  # the profile's table
+    counts = re.search(r"per step: (\d+) ATen operator calls \(nested included\), (\d+) GPU kernels", done.stdout)
+    assert counts and int(counts.group(1)) > 1000 and int(counts.group(2)) == 0, done.stdout[-3000:]  # no GPU here
     assert re.search(r"batch 4: \d+ ms per step, time per sample [\d.]+ of batch 1's", done.stdout)
     assert re.search(r"batch 1, channels_last inputs: \d+ ms per step", done.stdout)
     compiled = re.search(r"compiled frame step \(train.compile=default, aot_eager\): (\d+) ms per step against "

@@ -57,3 +57,28 @@ def test_generator_discriminators_and_losses_match_cpu(no_tf32):
     assert torch.allclose(cpu_images, gpu_images, atol=2e-3)
     for key, value in cpu_terms.items():
         assert gpu_terms[key] == pytest.approx(value, rel=2e-3, abs=2e-3), key
+
+
+def test_batch_norm_with_bf16_parameters_beside_fp32_statistics():
+    """DeepSpeed's bf16 cast (parameters only) on the paper config's batch norms: CUDA's backward refuses
+    it for nn.BatchNorm2d (the forward runs); models.batch_norm.BatchNorm2d trains, matching fp32."""
+    from torch import nn
+
+    from models.batch_norm import BatchNorm2d
+
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(8).cuda()
+    x = torch.randn(2, 8, 16, 16, device="cuda")
+    expected = copy.deepcopy(reference)(x)
+    plain, mixed = copy.deepcopy(reference), BatchNorm2d(8).cuda()
+    mixed.load_state_dict(reference.state_dict())
+    for module in (plain, mixed):
+        for param in module.parameters():
+            param.data = param.data.bfloat16()
+    with pytest.raises(RuntimeError, match="running_mean"):
+        plain(x.bfloat16()).float().square().sum().backward()
+    out = mixed(x.bfloat16())
+    out.float().square().sum().backward()
+    assert out.dtype == torch.bfloat16 and mixed.running_mean.dtype == torch.float32
+    assert mixed.weight.grad.dtype == torch.bfloat16 and mixed.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
