@@ -8,14 +8,17 @@ channels_last inputs, and with ``--compile`` the compiled frame step against the
         --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --no-variants      # the paper model
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
-``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
-fp32 at 64x32 with one timed step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the script works
-when a session finally has a GPU for it (GPU time is lent for minutes at a time).
+With the discriminators' passes merged (``train.merge_passes``, the trainer's default) the step is
+timed once more with a pass per set of frames, the path before it. ``benchmarks/gpu_check.sh`` runs
+the first two on a GPU. ``--smoke`` runs the same code on the CPU in fp32 at 64x32 with one timed
+step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the script works when a
+session finally has a GPU for it (GPU time is lent for minutes at a time).
 Extra ``model.key=value`` arguments override the config (e.g. a smaller paper model for the smoke run).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -33,6 +36,7 @@ from dataio.config import DataConfig  # noqa: E402
 from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
+from models.discriminators import per_sample  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer import distributed as dist  # noqa: E402
 from trainer import engines  # noqa: E402
@@ -131,7 +135,8 @@ def main() -> None:
                                          ecfg, args.batch))
     settings = StepSettings(loss=model.loss, frames_per_step=args.frames_per_step or args.frames,
                             temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
-                            temporal_scales=model.discriminator.temporal_scales, dtype=dtype, vgg=vgg)
+                            temporal_scales=model.discriminator.temporal_scales, dtype=dtype, vgg=vgg,
+                            merge_passes=per_sample(model.discriminator))  # train.merge_passes' default
     height, width, frames, batch_size = args.width // 2, args.width, args.frames, args.batch
     label = (f"{precision} ZeRO-{args.zero} step, {Path(args.config).stem if args.config else 'default'} model "
              f"({count_parameters(generator, trainable_only=True) / 1e6:.1f}M G params, {active} scale(s)), "
@@ -147,12 +152,12 @@ def main() -> None:
         train_batch(pair, batch, settings)
     flops = counter.get_total_flops()
 
-    def median_step(clips: ClipBatch) -> float:
+    def median_step(clips: ClipBatch, how: StepSettings = settings) -> float:
         times = []
         for _ in range(args.repeats):
             sync()
             started = time.perf_counter()
-            train_batch(pair, clips, settings)
+            train_batch(pair, clips, how)
             sync()
             times.append(time.perf_counter() - started)
         return statistics.median(times)
@@ -201,6 +206,12 @@ def main() -> None:
             took = median_step(clips)
             print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
                   f"of batch {batch_size}'s", flush=True)
+    if settings.merge_passes:  # the path before train.merge_passes, as the baseline
+        apart = dataclasses.replace(settings, merge_passes=False)
+        train_batch(pair, batch, apart)  # warm-up: the passes' own shapes
+        took = median_step(batch, apart)
+        print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
+              f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
     if args.compile:  # last: compiling changes the generator for good
         generator.compile_frame_step(args.compile, backend=args.compile_backend)
         started = time.perf_counter()

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from models.build import build  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
+from models.discriminators import per_sample  # noqa: E402
 from models.generator import generate_clip  # noqa: E402
 from gpu_step import random_clips  # noqa: E402
 from paper_budget import PlainEngine  # noqa: E402
@@ -96,8 +97,9 @@ def step_ops(case: Case) -> tuple[int, OpCounter]:
     return counter.total, counter
 
 
-def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, frames: int,
-                     frames_per_step: int = 2) -> tuple[int, OpCounter]:
+def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int, merge_passes: bool,
+                 frames_per_step: int = 2):
+    """The trainer's step on plain modules, as a callable (``merge_passes``: ``train.merge_passes``)."""
     torch.manual_seed(0)
     channels = classes + 1  # with instance edges
     nets = build(model, channels)
@@ -108,9 +110,16 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
     settings = StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
                             frames_per_step=frames_per_step,
                             temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
-                            temporal_scales=model.discriminator.temporal_scales)
+                            temporal_scales=model.discriminator.temporal_scales,
+                            merge_passes=merge_passes and per_sample(model.discriminator))
+    return lambda: train_batch(engines, batch, settings)
+
+
+def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, frames: int,
+                     merge_passes: bool) -> tuple[int, OpCounter]:
+    step = trainer_step(model, classes, height, width, frames, merge_passes)
     with OpCounter() as counter:
-        train_batch(engines, batch, settings)
+        step()
     return counter.total, counter
 
 
@@ -145,17 +154,22 @@ def main() -> None:
         print(f"  GAN step:  {total} operators ({total / args.frames:.0f} per frame of the clip)")
         print("  most frequent in the step: " + ", ".join(
             f"{op.removeprefix('aten.')} {n}" for op, n in step.ops.most_common(args.top)))
-        trainer_total, trainer_step = trainer_step_ops(model, classes, height, width, args.frames)
-        print(f"  trainer's step (train_batch, chunks of 2): {trainer_total} operators "
-              f"({trainer_total / args.frames:.0f} per frame of the clip)")
-        print("  most frequent in it: " + ", ".join(
-            f"{op.removeprefix('aten.')} {n}" for op, n in trainer_step.ops.most_common(args.top)))
+        for merge in (False, True):
+            total, counter = trainer_step_ops(model, classes, height, width, args.frames, merge)
+            print(f"  trainer's step (train_batch, chunks of 2), train.merge_passes={str(merge).lower()}: {total} "
+                  f"operators ({total / args.frames:.0f} per frame of the clip)")
+            print("  most frequent in it: " + ", ".join(
+                f"{op.removeprefix('aten.')} {n}" for op, n in counter.ops.most_common(args.top)))
         if name == "demo":
             tiny, _ = make_step(Case("tiny", model, classes, height, width, args.frames), with_vgg=False)
             full, _ = make_step(Case("demo", model, classes, 128, 256, args.frames), with_vgg=False)
             host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
             print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
+            old, new = (timed(trainer_step(model, classes, height, width, args.frames, merge), args.repeats)
+                        for merge in (False, True))
+            print(f"  trainer's step at {width}x{height} (host overhead): {old:.3f} s a pass per set, {new:.3f} s "
+                  f"merged: {old / new:.2f}x faster")
 
 
 if __name__ == "__main__":

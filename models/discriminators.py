@@ -52,6 +52,13 @@ class PatchDiscriminator(nn.Module):
         return features
 
 
+def per_sample(cfg: DiscriminatorConfig) -> bool:
+    """Whether these discriminators judge each sample on its own, so that one pass over several sets of
+    frames gives each set what a pass of its own would: not with batch norm (statistics across the
+    batch) nor spectral norm (one power iteration per pass in training)."""
+    return cfg.norm != "batch" and not cfg.spectral_norm
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=False)

@@ -62,28 +62,35 @@ class ExtraFrames:
     real: Tensor
     d_fake: DOutput
     d_real: DOutput
+    frames: Sequence[int] | None = None
+    """Which frames of the outputs these are (indices on the time axis, dim -4, of ``real`` in
+    ``generator_losses``), so that the VGG features of the real frames serve them too; None: the real
+    frames' features are computed anew."""
 
 
 def generator_losses(cfg: LossConfig, *, fake: Tensor, real: Tensor,
                      d_fake: DOutput, d_real: DOutput,
                      t_fake: Sequence[DOutput] = (), t_real: Sequence[DOutput] = (),
                      flow: FlowInputs | None = None, extra: Sequence[ExtraFrames] = (),
-                     vgg: nn.Module | None = None) -> dict[str, Tensor]:
+                     vgg: nn.Module | None = None, merge: bool = False) -> dict[str, Tensor]:
     """Generator-side terms.
 
     ``fake``/``real`` [..., 3, H, W]; ``d_fake``/``d_real`` the image discriminator on them;
     ``t_fake``/``t_real`` one temporal-discriminator output per temporal scale (summed over scales);
     ``flow`` the flow-related tensors of the frames that have a flow; ``extra`` more frames for the
-    image terms (``hallucinated_*``, ``label_only_*``, at that fraction of their weights).
+    image terms (``hallucinated_*``, ``label_only_*``, at that fraction of their weights). ``merge``: one
+    VGG pass over the outputs and the extra frames together, and the real frames' features shared with
+    the extra frames that name their ``frames`` (the same values as a pass per set: VGG normalizes
+    nothing across a batch).
     """
     if vgg is None and cfg.uses_vgg:
         raise ValueError(f"loss.vgg_weights is set ({cfg.vgg_weights}) but no VGG network was passed")
-    terms = _image_terms(cfg, 1.0, fake, real, d_fake, d_real, vgg)
-    for frames in extra:
-        weight = getattr(cfg, frames.name)
-        if weight > 0:
-            more = _image_terms(cfg, weight, frames.images, frames.real, frames.d_fake, frames.d_real, vgg)
-            terms.update({f"{frames.name}_{term}": value for term, value in more.items()})
+    extra = [frames for frames in extra if getattr(cfg, frames.name) > 0]
+    features = _vgg_features(cfg, vgg, fake, real, extra, merge)
+    terms = _image_terms(cfg, 1.0, d_fake, d_real, features[0])
+    for frames, feats in zip(extra, features[1:]):
+        more = _image_terms(cfg, getattr(cfg, frames.name), frames.d_fake, frames.d_real, feats)
+        terms.update({f"{frames.name}_{term}": value for term, value in more.items()})
     if len(t_fake) != len(t_real):
         raise ValueError(f"t_fake has {len(t_fake)} temporal scales, t_real {len(t_real)}")
     if t_fake and cfg.temporal_gan > 0:
@@ -100,18 +107,46 @@ def generator_losses(cfg: LossConfig, *, fake: Tensor, real: Tensor,
     return terms
 
 
-def _image_terms(cfg: LossConfig, scale: float, fake: Tensor, real: Tensor, d_fake: DOutput, d_real: DOutput,
-                 vgg: nn.Module | None) -> dict[str, Tensor]:
-    """GAN, feature matching and VGG terms of ``fake`` frames, each at ``scale`` x its weight."""
+Features = tuple[list[Tensor], list[Tensor]]
+"""VGG features of fake frames (with their graph) and of the real frames they are compared with."""
+
+
+def _vgg_features(cfg: LossConfig, vgg: nn.Module | None, fake: Tensor, real: Tensor,
+                  extra: Sequence[ExtraFrames], merge: bool) -> list[Features | None]:
+    """The VGG features of the outputs, then of each set of ``extra`` frames (None without VGG terms)."""
+    if vgg is None or not (cfg.perceptual > 0 or cfg.style > 0):
+        return [None] * (1 + len(extra))
+    sets = [(fake, real)] + [(frames.images, frames.real) for frames in extra]
+    if not merge:
+        out = []
+        for images, reals in sets:
+            with torch.no_grad():
+                real_feats = vgg(_flat(reals))
+            out.append((vgg(_flat(images)), real_feats))
+        return out
+    sizes = [images.shape[:-3].numel() for images, _ in sets]
+    fake_feats = [x.split(sizes) for x in vgg(torch.cat([_flat(images) for images, _ in sets]))]
+    with torch.no_grad():
+        real_feats = vgg(_flat(real))
+        extra_real = [[x.unflatten(0, real.shape[:-3])[:, list(frames.frames)].flatten(0, 1) for x in real_feats]
+                      if frames.frames is not None else vgg(_flat(frames.real)) for frames in extra]
+    return [([x[k] for x in fake_feats], reals) for k, reals in enumerate([real_feats] + extra_real)]
+
+
+def _flat(frames: Tensor) -> Tensor:
+    return frames.reshape(-1, *frames.shape[-3:])
+
+
+def _image_terms(cfg: LossConfig, scale: float, d_fake: DOutput, d_real: DOutput,
+                 features: Features | None) -> dict[str, Tensor]:
+    """GAN, feature matching and VGG terms of one set of fake frames, each at ``scale`` x its weight."""
     terms: dict[str, Tensor] = {}
     if cfg.gan > 0:
         terms["gan"] = scale * cfg.gan * losses.generator_gan_loss(d_fake, cfg.gan_mode)
     if cfg.feature_matching > 0:
         terms["feature_matching"] = scale * cfg.feature_matching * losses.feature_matching_loss(d_fake, d_real)
-    if vgg is not None and (cfg.perceptual > 0 or cfg.style > 0):
-        fake_feats = vgg(fake.reshape(-1, *fake.shape[-3:]))
-        with torch.no_grad():
-            real_feats = vgg(real.reshape(-1, *real.shape[-3:]))
+    if features is not None:
+        fake_feats, real_feats = features
         if cfg.perceptual > 0:
             terms["perceptual"] = scale * cfg.perceptual * losses.perceptual_loss(
                 fake_feats, real_feats, cfg.perceptual_layers)

@@ -94,6 +94,14 @@ class TrainConfig:
     at the start of a run on a CPU, where it did not make the step faster; it is meant for GPUs (not
     measured on one yet), and ``reduce-overhead`` adds CUDA graphs there. ``off``: eager
     (docs/performance.md has the measurements)."""
+    merge_passes: bool = True
+    """One image-discriminator pass over every set of frames an update judges (real, output, raw
+    hallucinated and label-only frames: four passes in the D update, three in the G update), and one
+    VGG pass over the output and the extra frames, the real frames' features computed once: fewer,
+    larger kernels. The same losses and gradients as a pass per set (to float rounding) where the
+    discriminators judge each sample on its own; with ``norm: batch`` or spectral norm in the
+    discriminator (statistics across the batch, a power iteration per pass) every pass stays separate
+    whatever this says. ``false``: a pass per set (benchmarks/op_count.py compares the two)."""
     generator: EngineConfig = field(default_factory=EngineConfig)
     discriminator: EngineConfig = field(default_factory=EngineConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from models.config import LossConfig
-from models.discriminators import ImageDiscriminator, TemporalDiscriminator
+from models.discriminators import ImageDiscriminator, TemporalDiscriminator, per_sample
 from models.generator import Rollout
 from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
@@ -49,13 +50,14 @@ class Discriminators(nn.Module):
         self.image = image
         self.temporal = temporal
 
-    def forward(self, labels: Tensor, images: Tensor, window: Tensor | None, window_flow: Tensor | None
-                ) -> tuple[Any, list[Any]]:
-        """Image D on ``labels``/``images`` [B, f, ...]; temporal D on ``window`` [B, n, 3, H, W]."""
+    def forward(self, labels: Tensor, images: Tensor, windows: Sequence[Tensor] = (),
+                window_flow: Tensor | None = None) -> tuple[Any, list[list[Any]]]:
+        """Image D on ``labels``/``images`` [..., C, H, W]; temporal D on each of ``windows`` [B, n, 3, H, W]
+        (with ``window_flow``): one list of temporal-scale outputs per window (empty without it)."""
         image_out = self.image(labels, images)
-        if self.temporal is None or window is None:
-            return image_out, []
-        return image_out, self.temporal(window, window_flow)
+        if self.temporal is None:
+            return image_out, [[] for _ in windows]
+        return image_out, [self.temporal(window, window_flow) for window in windows]
 
 
 @dataclass
@@ -67,6 +69,9 @@ class StepSettings:
     temporal_scales: int
     dtype: torch.dtype = torch.float32
     vgg: nn.Module | None = None
+    merge_passes: bool = False
+    """One image-discriminator pass over every set of frames an update judges, one VGG pass over the
+    fake ones (``TrainConfig.merge_passes``, which says when the results are the same)."""
     on_generator_update: Callable[[], None] | None = None
     """Called after every generator update (the trainer folds the weights into their average)."""
 
@@ -78,6 +83,7 @@ class StepSettings:
         return cls(loss=cfg.model.loss, frames_per_step=cfg.train.frames_per_step,
                    temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
                    temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,
+                   merge_passes=cfg.train.merge_passes and per_sample(cfg.model.discriminator),
                    dtype=torch.bfloat16 if precision(cfg.train.generator) == "bf16" else torch.float32,
                    on_generator_update=on_generator_update)
 
@@ -155,13 +161,13 @@ def _update_discriminator(engine, settings: StepSettings, chunk: Chunk) -> tuple
     update)."""
     window_real, window_fake, window_flow = chunk.windows
     labels = chunk.labels
-    d_real, t_real = engine(labels, chunk.real, window_real, window_flow)
-    d_fake, t_fake = engine(labels, chunk.fake.detach(), None if window_fake is None else window_fake.detach(),
-                            window_flow)
-    d_extra = {name: engine(labels[:, chunk.with_flow], frames.detach(), None, None)[0]
-               for name, frames in chunk.extra.items()}
+    sets = [(labels, chunk.real), (labels, chunk.fake.detach())]
+    sets += [(labels[:, chunk.with_flow], frames.detach()) for frames in chunk.extra.values()]
+    windows = [] if window_real is None else [window_real, window_fake.detach()]
+    (d_real, d_fake, *d_extra), temporal = _judge(engine, sets, windows, window_flow, settings.merge_passes)
+    t_real, t_fake = temporal or ([], [])
     terms = discriminator_losses(settings.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake,
-                                 d_extra=d_extra)
+                                 d_extra=dict(zip(chunk.extra, d_extra)))
     losses = {f"d/{k}": v for k, v in terms.items()}
     bad = _non_finite(losses)
     if not bad:
@@ -179,14 +185,19 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
     discriminators.requires_grad_(False)
     try:
         with torch.no_grad():
-            d_real, t_real = discriminators(labels, real, window_real, window_flow)
-        d_fake, t_fake = discriminators(labels, chunk.fake, window_fake, window_flow)
+            d_real, temporal = discriminators(labels, real, [] if window_real is None else [window_real], window_flow)
+        t_real = temporal[0] if temporal else []
+        sets = [(labels, chunk.fake)] + [(labels[:, chunk.with_flow], frames) for frames in chunk.extra.values()]
+        (d_fake, *d_extra), temporal = _judge(discriminators, sets, [] if window_fake is None else [window_fake],
+                                               window_flow, settings.merge_passes)
+        t_fake = temporal[0] if temporal else []
         d_real_with_flow = _frames(d_real, real.shape[:2], chunk.with_flow) if chunk.extra else None
-        extra = [ExtraFrames(name, frames, real[:, chunk.with_flow], d_real=d_real_with_flow,
-                             d_fake=discriminators(labels[:, chunk.with_flow], frames, None, None)[0])
-                 for name, frames in chunk.extra.items()]
+        extra = [ExtraFrames(name, frames, real[:, chunk.with_flow], d_real=d_real_with_flow, d_fake=d_fake_extra,
+                             frames=chunk.with_flow)
+                 for (name, frames), d_fake_extra in zip(chunk.extra.items(), d_extra)]
         terms = generator_losses(settings.loss, fake=chunk.fake, real=real, d_fake=d_fake, d_real=d_real,
-                                 t_fake=t_fake, t_real=t_real, vgg=settings.vgg, extra=extra, flow=chunk.flow)
+                                 t_fake=t_fake, t_real=t_real, vgg=settings.vgg, extra=extra, flow=chunk.flow,
+                                 merge=settings.merge_passes)
         losses = {f"g/{k}": v for k, v in terms.items()}
         bad = _non_finite(losses)
         if not bad:
@@ -197,6 +208,26 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
     finally:
         discriminators.requires_grad_(True)
     return losses, bad
+
+
+def _judge(discriminators: Callable[..., Any], sets: list[tuple[Tensor, Tensor]], windows: list[Tensor],
+           window_flow: Tensor | None, merge: bool) -> tuple[list[Any], list[list[Any]]]:
+    """The image discriminator's outputs on each (labels, images) set [B, f_i, ...], and the temporal
+    discriminator's on each window. ``merge``: one pass over every set, its outputs split back per set
+    (each b-major, as a pass of its own gives); else a pass per set, the windows with the first."""
+    if not merge or len(sets) == 1:
+        outs = [discriminators(labels, images, windows if k == 0 else [], window_flow)
+                for k, (labels, images) in enumerate(sets)]
+        return [out[0] for out in outs], outs[0][1]
+    sizes = [images.shape[:-3].numel() for _, images in sets]
+    merged, temporal = discriminators(torch.cat([_flat(labels) for labels, _ in sets]),
+                                      torch.cat([_flat(images) for _, images in sets]), windows, window_flow)
+    parts = [[x.split(sizes) for x in scale] for scale in merged]
+    return [[[x[k] for x in scale] for scale in parts] for k in range(len(sets))], temporal
+
+
+def _flat(frames: Tensor) -> Tensor:
+    return frames.reshape(-1, *frames.shape[-3:])
 
 
 def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> list[list[Tensor]]:

@@ -1,0 +1,52 @@
+"""``train.merge_passes``: one discriminator pass over every set of frames an update judges, one VGG
+pass over the fake frames; the same losses as a pass per set, with fewer passes."""
+from __future__ import annotations
+
+import torch
+from tiny_training import CHANNELS, TINY, AdamEngine, clips
+
+from models.build import build
+from models.config import DiscriminatorConfig
+from models.discriminators import per_sample
+from models.vgg import VGG19Features
+from trainer.engines import Engines
+from trainer.step import Discriminators, StepSettings, train_batch
+
+
+def two_steps(merge: bool) -> tuple[list[dict[str, float]], dict[str, int]]:
+    torch.manual_seed(0)
+    nets = build(TINY, CHANNELS)
+    passes = {"image": 0, "vgg": 0}
+    vgg = VGG19Features().eval().requires_grad_(False)  # random weights: the terms' values are what counts
+    nets.image_discriminator.register_forward_hook(lambda *_: passes.__setitem__("image", passes["image"] + 1))
+    vgg.register_forward_hook(lambda *_: passes.__setitem__("vgg", passes["vgg"] + 1))
+    engines = Engines(AdamEngine(nets.generator),
+                      AdamEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
+    settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
+                            temporal_scales=1, vgg=vgg, merge_passes=merge)
+    batch = clips(frames=4, height=16, width=32)
+    return [result.losses for _ in range(2) for result in train_batch(engines, batch, settings)], passes
+
+
+def test_merged_passes_give_the_losses_of_a_pass_per_set() -> None:
+    apart, apart_passes = two_steps(merge=False)
+    merged, merged_passes = two_steps(merge=True)
+    assert [sorted(step) for step in merged] == [sorted(step) for step in apart]
+    last = apart[-1]  # every kind of term is there: extra frames' GAN, feature matching and VGG terms too
+    assert {"g/hallucinated_perceptual", "g/label_only_feature_matching", "d/d_fake_label_only",
+            "g/temporal_gan", "g/perceptual"} <= set(last)
+    for index, (m, a) in enumerate(zip(merged, apart)):
+        for name in a:
+            # The same kernels on larger batches: float32 rounding, compounded by one Adam update.
+            assert abs(m[name] - a[name]) <= 1e-4 * max(1.0, abs(a[name])), (index, name, m[name], a[name])
+    # Per chunk with extra frames: 4 image-D passes in the D update and 4 in the G update (real, output,
+    # hallucinated, label-only) against 1 + 2 merged; VGG: 3 fake and 3 real passes against 1 + 1.
+    # Two steps of two chunks, the first chunk of each clip with one frame that has a flow.
+    assert (apart_passes["image"], merged_passes["image"]) == (2 * 2 * 8, 2 * 2 * 3)
+    assert (apart_passes["vgg"], merged_passes["vgg"]) == (2 * 2 * 6, 2 * 2 * 2)
+
+
+def test_passes_merge_only_where_samples_are_judged_alone() -> None:
+    assert per_sample(DiscriminatorConfig(norm="instance")) and per_sample(DiscriminatorConfig(norm="none"))
+    assert not per_sample(DiscriminatorConfig(norm="batch"))
+    assert not per_sample(DiscriminatorConfig(norm="instance", spectral_norm=True))
