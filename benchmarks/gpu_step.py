@@ -8,16 +8,17 @@ channels_last inputs, and with ``--compile`` the compiled frame step against the
         --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --no-variants      # the paper model
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
-With the discriminators' passes merged (``train.merge_passes``, the trainer's default) the step is
-timed once more with a pass per set of frames, the path before it. ``benchmarks/gpu_check.sh`` runs
-the first two on a GPU. ``--smoke`` runs the same code on the CPU in fp32 at 64x32 with one timed
-step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the script works when a
-session finally has a GPU for it (GPU time is lent for minutes at a time).
+The step is timed once more as it ran before 2026-12-04 (a pass per set of frames, instance norms
+through ``F.instance_norm``), the baseline of ``train.merge_passes`` and ``models.norms``.
+``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
+fp32 at 64x32 with one timed step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the
+script works when a session finally has a GPU for it (GPU time is lent for minutes at a time).
 Extra ``model.key=value`` arguments override the config (e.g. a smaller paper model for the smoke run).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -25,8 +26,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,13 +39,13 @@ from dataio.config import DataConfig  # noqa: E402
 from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from models.discriminators import per_sample  # noqa: E402
+from models.norms import InstanceNorm2d  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer import distributed as dist  # noqa: E402
 from trainer import engines  # noqa: E402
 from trainer.config import EngineConfig  # noqa: E402
 from trainer.config_tree import load_config  # noqa: E402
-from trainer.step import Discriminators, StepSettings, train_batch  # noqa: E402
+from trainer.step import Discriminators, StepSettings, merged_passes, train_batch  # noqa: E402
 
 
 @dataclass
@@ -107,6 +110,19 @@ def random_clips(dev: torch.device, b: int, t: int, channels: int, height: int, 
     return ClipBatch(**clips, keys=[f"random-{i}" for i in range(b)], draws=[])
 
 
+@contextlib.contextmanager
+def instance_norm_as_before() -> Iterator[None]:
+    """``nn.InstanceNorm2d``'s own forward (``F.instance_norm``: a batch norm over the batch reshaped)
+    in place of ``models.norms.InstanceNorm2d``'s group norm, as the step ran before 2026-12-04: for
+    baselines."""
+    ours = InstanceNorm2d.forward
+    InstanceNorm2d.forward = nn.InstanceNorm2d.forward
+    try:
+        yield
+    finally:
+        InstanceNorm2d.forward = ours
+
+
 def main() -> None:
     args = parse()
     dist.init()
@@ -136,7 +152,7 @@ def main() -> None:
     settings = StepSettings(loss=model.loss, frames_per_step=args.frames_per_step or args.frames,
                             temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
                             temporal_scales=model.discriminator.temporal_scales, dtype=dtype, vgg=vgg,
-                            merge_passes=per_sample(model.discriminator))  # train.merge_passes' default
+                            **merged_passes(model))  # train.merge_passes' default
     height, width, frames, batch_size = args.width // 2, args.width, args.frames, args.batch
     label = (f"{precision} ZeRO-{args.zero} step, {Path(args.config).stem if args.config else 'default'} model "
              f"({count_parameters(generator, trainable_only=True) / 1e6:.1f}M G params, {active} scale(s)), "
@@ -206,12 +222,14 @@ def main() -> None:
             took = median_step(clips)
             print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
                   f"of batch {batch_size}'s", flush=True)
-    if settings.merge_passes:  # the path before train.merge_passes, as the baseline
-        apart = dataclasses.replace(settings, merge_passes=False)
-        train_batch(pair, batch, apart)  # warm-up: the passes' own shapes
-        took = median_step(batch, apart)
-        print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
-              f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
+    # The step as it ran before 2026-12-04, in this invocation: a pass per set of frames
+    # (train.merge_passes=false) and instance norms through F.instance_norm.
+    before = dataclasses.replace(settings, **merged_passes(model, False))
+    with instance_norm_as_before():
+        train_batch(pair, batch, before)  # warm-up: the passes' own shapes
+        took = median_step(batch, before)
+    print(f"the step as before 2026-12-04 (a pass per set of frames, F.instance_norm): {took * 1000:.0f} ms "
+          f"against {base * 1000:.0f} ms now: now is {took / base:.2f}x faster", flush=True)
     if args.compile:  # last: compiling changes the generator for good
         generator.compile_frame_step(args.compile, backend=args.compile_backend)
         started = time.perf_counter()

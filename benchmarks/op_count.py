@@ -13,26 +13,28 @@ the device or the frame size, so it is measured here on the CPU, at a small size
               on plain modules: DeepSpeed's hooks and the optimizer come on top. VGG terms off in both.
 
 Operators are counted below autograd (``TorchDispatchMode``): what reaches a backend kernel, backward
-included. Then the demo step is timed at a tiny size, where compute is negligible (host overhead),
-and at the demo size, in the same invocation: their ratio is the share of the demo step the host
-alone would take.
+included; views and aliases (``view``, ``detach``, ``select``...) are counted apart too, as they launch
+no kernel on a GPU. Then the demo step is timed at a tiny size, where compute is negligible (host
+overhead), and at the demo size, in the same invocation: their ratio is the share of the demo step the
+host alone would take. ``--against REV`` measures the demo trainer's step (operators and host time at
+the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
+of its own, and prints the ratios: a change measured against the code it replaced.
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
-    .venv/bin/python benchmarks/op_count.py --only demo
+    .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7
 """
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
-import statistics
+import json
+import shutil
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,29 +42,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from models.build import build  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from models.discriminators import per_sample  # noqa: E402
 from models.generator import generate_clip  # noqa: E402
-from gpu_step import random_clips  # noqa: E402
-from paper_budget import PlainEngine  # noqa: E402
+from step_cost import OpCounter, timed, trainer_step  # noqa: E402
 from step_flops import Case, make_step  # noqa: E402
-from trainer.engines import Engines  # noqa: E402
-from trainer.step import Discriminators, StepSettings, train_batch  # noqa: E402
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every operator that reaches a kernel, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
 
 
 def models(only: str | None) -> list[tuple[str, ModelConfig, int]]:
@@ -97,40 +79,33 @@ def step_ops(case: Case) -> tuple[int, OpCounter]:
     return counter.total, counter
 
 
-def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int, merge_passes: bool,
-                 frames_per_step: int = 2):
-    """The trainer's step on plain modules, as a callable (``merge_passes``: ``train.merge_passes``)."""
-    torch.manual_seed(0)
-    channels = classes + 1  # with instance edges
-    nets = build(model, channels)
-    nets.generator.set_active_scales(model.generator.num_scales)
-    engines = Engines(PlainEngine(nets.generator),
-                      PlainEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
-    batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
-    settings = StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
-                            frames_per_step=frames_per_step,
-                            temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
-                            temporal_scales=model.discriminator.temporal_scales,
-                            merge_passes=merge_passes and per_sample(model.discriminator))
-    return lambda: train_batch(engines, batch, settings)
-
-
 def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, frames: int,
-                     merge_passes: bool) -> tuple[int, OpCounter]:
+                     merge_passes: bool = True) -> tuple[int, OpCounter]:
     step = trainer_step(model, classes, height, width, frames, merge_passes)
     with OpCounter() as counter:
         step()
     return counter.total, counter
 
 
-def timed(step, repeats: int) -> float:
-    step()  # warm-up: allocator, lazy inits
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+def against(rev: str, height: int, width: int, frames: int, repeats: int) -> None:
+    """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own."""
+    with tempfile.TemporaryDirectory(prefix="op-count-") as scratch:
+        old = Path(scratch)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        shutil.copy(REPO / "benchmarks" / "step_cost.py", old / "benchmarks" / "step_cost.py")
+        costs = {}
+        for name, tree in ((rev, old), ("this tree", REPO)):
+            done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height", str(height),
+                                   "--width", str(width), "--frames", str(frames), "--repeats", str(repeats)],
+                                  cwd=tree, capture_output=True, text=True, check=True)
+            costs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  trainer's step at {width}x{height}, {name}: {costs[name]['operators']} operators "
+                  f"({costs[name]['computing']} not views or aliases), {costs[name]['seconds']:.3f} s", flush=True)
+    then, now = costs[rev], costs["this tree"]
+    print(f"  this tree against {rev}: {then['operators'] / now['operators']:.2f}x fewer operators, "
+          f"{then['computing'] / now['computing']:.2f}x fewer that are not views or aliases, host time "
+          f"{then['seconds'] / now['seconds']:.2f}x faster")
 
 
 def main() -> None:
@@ -139,6 +114,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4, help="clip length of the step")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--top", type=int, default=8, help="most frequent operators listed")
+    parser.add_argument("--against", metavar="REV", help="also measure the demo trainer's step on commit REV "
+                                                          "and on this tree, each in a process of its own")
     args = parser.parse_args()
     torch.set_num_threads(1)  # see step_flops.py: one thread is the stable measurement on a shared host
     print(f"torch {torch.__version__}, 1 thread; counts do not depend on the device or the size")
@@ -157,7 +134,8 @@ def main() -> None:
         for merge in (False, True):
             total, counter = trainer_step_ops(model, classes, height, width, args.frames, merge)
             print(f"  trainer's step (train_batch, chunks of 2), train.merge_passes={str(merge).lower()}: {total} "
-                  f"operators ({total / args.frames:.0f} per frame of the clip)")
+                  f"operators ({total / args.frames:.0f} per frame of the clip), {counter.computing} not views "
+                  f"or aliases")
             print("  most frequent in it: " + ", ".join(
                 f"{op.removeprefix('aten.')} {n}" for op, n in counter.ops.most_common(args.top)))
         if name == "demo":
@@ -166,10 +144,8 @@ def main() -> None:
             host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
             print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
-            old, new = (timed(trainer_step(model, classes, height, width, args.frames, merge), args.repeats)
-                        for merge in (False, True))
-            print(f"  trainer's step at {width}x{height} (host overhead): {old:.3f} s a pass per set, {new:.3f} s "
-                  f"merged: {old / new:.2f}x faster")
+            if args.against:
+                against(args.against, height, width, args.frames, args.repeats)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,10 @@ class ModelConfig:
             # leave its parameters without a gradient, which the ZeRO engines do not accept.
             raise ValueError("model.generator.first_frame: own trains the first-frame generator on every frame "
                              "through model.loss.label_only, which is 0: set it > 0 or first_frame: shared")
+
+
+def per_sample(cfg: GeneratorConfig | DiscriminatorConfig) -> bool:
+    """Whether these networks treat each sample of a batch on its own, so that one pass over several
+    sets of frames gives each set what a pass of its own would: not with batch norm (statistics across
+    the batch) nor spectral norm (a power iteration on every pass in training)."""
+    return cfg.norm != "batch" and not cfg.spectral_norm

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.batch_norm import BatchNorm2d
+from models.norms import BatchNorm2d, InstanceNorm2d
 from models.config import DiscriminatorConfig
 from models.layers import conv_factory
 from models.scales import IMAGE_CHANNELS
@@ -52,16 +52,9 @@ class PatchDiscriminator(nn.Module):
         return features
 
 
-def per_sample(cfg: DiscriminatorConfig) -> bool:
-    """Whether these discriminators judge each sample on its own, so that one pass over several sets of
-    frames gives each set what a pass of its own would: not with batch norm (statistics across the
-    batch) nor spectral norm (one power iteration per pass in training)."""
-    return cfg.norm != "batch" and not cfg.spectral_norm
-
-
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False)
+        return InstanceNorm2d(channels, affine=False)
     if kind == "batch":
         return BatchNorm2d(channels)
     return nn.Identity()

@@ -13,7 +13,7 @@ always come at the resolution of the finest active scale; coarser scales see the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +233,16 @@ class Rollout:
         if not self.keep_all:
             self.images = self.images[-max(self.history, 1):]
         return out
+
+    def labels_alone(self, labels: Tensor, frames: Sequence[int]) -> Tensor:
+        """What the labels alone give (the first frame's path, what ``label_only`` asks of a step) for
+        frames ``frames`` of a clip's label maps [B, T, C, H, W], in one pass over all of them:
+        [B, len(frames), 3, H, W]. The label history of each is the one ``step`` would read; a pass per
+        frame gives the same where the generator treats each sample on its own
+        (``models.config.per_sample``)."""
+        n = self.history + 1
+        stacks = torch.stack([_left_pad(labels[:, max(0, t + 1 - n):t + 1], n) for t in frames], dim=1)
+        return self.forward(stacks.flatten(0, 1), None).image.unflatten(0, (labels.shape[0], len(frames)))
 
 
 def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from models.batch_norm import BatchNorm2d
+from models.norms import BatchNorm2d, InstanceNorm2d
 from models.spade import SPADE
 from models.stripes import conv_any, conv_rows, instance_norm_, striped
 
@@ -39,7 +39,7 @@ class CondNorm(nn.Module):
         if kind == "spade":
             self.norm: nn.Module = SPADE(channels, cond_channels, hidden, conv=conv)
         elif kind == "instance":
-            self.norm = nn.InstanceNorm2d(channels, affine=True)
+            self.norm = InstanceNorm2d(channels, affine=True)
         elif kind == "batch":
             self.norm = BatchNorm2d(channels, affine=True)
         else:

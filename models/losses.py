@@ -7,7 +7,9 @@ weights mean the same here.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import operator
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,16 @@ from models.warp import warp
 
 DOutput = Sequence[Sequence[Tensor]]
 GAN_MODES = ("hinge", "lsgan", "nonsaturating")
+
+
+def add_up(terms: Iterable[Tensor]) -> Tensor:
+    """The sum of scalar terms as a chain of additions: n - 1 operators and nothing in the backward pass,
+    where ``torch.stack(terms).sum()`` takes two and n more (the stack's backward selects each term)."""
+    return functools.reduce(operator.add, terms)
+
+
+def _mean(terms: Sequence[Tensor]) -> Tensor:
+    return add_up(terms) / len(terms)
 
 
 def _logits(outputs: DOutput | Tensor) -> list[Tensor]:
@@ -49,7 +61,7 @@ def discriminator_gan_loss(real: DOutput | Tensor, fake: DOutput | Tensor, mode:
         else:
             real_terms.append(F.softplus(-r).mean())
             fake_terms.append(F.softplus(f).mean())
-    return torch.stack(real_terms).sum(), torch.stack(fake_terms).sum()
+    return add_up(real_terms), add_up(fake_terms)
 
 
 def generator_gan_loss(fake: DOutput | Tensor, mode: str) -> Tensor:
@@ -64,7 +76,7 @@ def generator_gan_loss(fake: DOutput | Tensor, mode: str) -> Tensor:
             terms.append((f - 1).pow(2).mean())
         else:
             terms.append(F.softplus(-f).mean())
-    return torch.stack(terms).sum()
+    return add_up(terms)
 
 
 def feature_matching_loss(fake: DOutput, real: DOutput) -> Tensor:
@@ -74,8 +86,8 @@ def feature_matching_loss(fake: DOutput, real: DOutput) -> Tensor:
     per_scale = []
     for f_scale, r_scale in zip(fake, real, strict=True):
         layers = [F.l1_loss(f, r.detach()) for f, r in zip(f_scale[:-1], r_scale[:-1], strict=True)]
-        per_scale.append(torch.stack(layers).mean())
-    return 4 * torch.stack(per_scale).mean()
+        per_scale.append(_mean(layers))
+    return 4 * _mean(per_scale)
 
 
 def masked_l1(prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -138,7 +150,7 @@ def perceptual_loss(fake_features: Sequence[Tensor], real_features: Sequence[Ten
     """sum_i w_i * L1(phi_i(fake), phi_i(real)) over VGG layers; real features detached."""
     terms = [w * F.l1_loss(f, r.detach())
              for w, f, r in zip(layer_weights, fake_features, real_features, strict=True)]
-    return torch.stack(terms).sum()
+    return add_up(terms)
 
 
 def gram_matrix(features: Tensor) -> Tensor:
@@ -152,4 +164,4 @@ def style_loss(fake_features: Sequence[Tensor], real_features: Sequence[Tensor])
     """sum over layers of the mean squared difference of Gram matrices; real features detached."""
     terms = [F.mse_loss(gram_matrix(f), gram_matrix(r.detach()))
              for f, r in zip(fake_features, real_features, strict=True)]
-    return torch.stack(terms).sum()
+    return add_up(terms)

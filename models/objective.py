@@ -210,4 +210,4 @@ def discriminator_losses(cfg: LossConfig, *, d_real: DOutput, d_fake: DOutput,
 
 
 def _sum(values) -> Tensor:
-    return torch.stack(list(values)).sum()
+    return losses.add_up(values)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.norms import InstanceNorm2d
 from models.stripes import conv_rows, instance_stats, stripes, striped
 
 
@@ -19,7 +20,7 @@ class SPADE(nn.Module):
                  conv=nn.Conv2d) -> None:
         super().__init__()
         if base == "instance":
-            self.norm = nn.InstanceNorm2d(channels, affine=False)
+            self.norm = InstanceNorm2d(channels, affine=False)
         elif base == "batch":
             self.norm = nn.BatchNorm2d(channels, affine=False)
         else:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
-from models.config import LossConfig
-from models.discriminators import ImageDiscriminator, TemporalDiscriminator, per_sample
+from models.config import LossConfig, ModelConfig, per_sample
+from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import Rollout
 from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
 from trainer import distributed as dist
@@ -72,6 +72,8 @@ class StepSettings:
     merge_passes: bool = False
     """One image-discriminator pass over every set of frames an update judges, one VGG pass over the
     fake ones (``TrainConfig.merge_passes``, which says when the results are the same)."""
+    label_only_per_chunk: bool = False
+    """The label-only frames of a chunk in one generator pass, not one per frame (ditto)."""
     on_generator_update: Callable[[], None] | None = None
     """Called after every generator update (the trainer folds the weights into their average)."""
 
@@ -83,9 +85,16 @@ class StepSettings:
         return cls(loss=cfg.model.loss, frames_per_step=cfg.train.frames_per_step,
                    temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
                    temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,
-                   merge_passes=cfg.train.merge_passes and per_sample(cfg.model.discriminator),
+                   **merged_passes(cfg.model, cfg.train.merge_passes),
                    dtype=torch.bfloat16 if precision(cfg.train.generator) == "bf16" else torch.float32,
                    on_generator_update=on_generator_update)
+
+
+def merged_passes(model: ModelConfig, enabled: bool = True) -> dict[str, bool]:
+    """``StepSettings``' merge flags for ``model`` (``train.merge_passes``): each on where one pass over
+    several sets of frames gives what a pass per set would (``models.config.per_sample``)."""
+    return {"merge_passes": enabled and per_sample(model.discriminator),
+            "label_only_per_chunk": enabled and per_sample(model.generator)}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,7 +127,7 @@ def train_batch(engines: Engines, batch: ClipBatch, settings: StepSettings) -> l
         if not bad:
             g_losses, bad = _update_generator(engines, settings, chunk)
             losses.update(g_losses)
-        results.append(ChunkResult(_floats(losses), bad, chunk.frames))
+        results.append(ChunkResult(losses, bad, chunk.frames))
     return results
 
 
@@ -144,19 +153,25 @@ class Chunk:
 
 
 def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start: int, stop: int) -> Chunk:
-    with_previous = {"label_only": True} if settings.loss.label_only > 0 else {}
+    label_only = settings.loss.label_only > 0
+    per_chunk = label_only and settings.label_only_per_chunk
+    with_previous = {"label_only": True} if label_only and not per_chunk else {}
     outs = [rollout.step(clips.labels[:, t], **with_previous) for t in range(start, stop)]
     fake = torch.stack([o.image for o in outs], dim=1)
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]
-    extra = {name: torch.stack([getattr(outs[i], name) for i in with_flow], dim=1)
-             for name in ("hallucinated", "label_only") if with_flow and getattr(settings.loss, name) > 0}
+    extra = {}
+    if with_flow and settings.loss.hallucinated > 0:
+        extra["hallucinated"] = torch.stack([outs[i].hallucinated for i in with_flow], dim=1)
+    if with_flow and label_only:
+        extra["label_only"] = rollout.labels_alone(clips.labels, [start + i for i in with_flow]) if per_chunk \
+            else torch.stack([outs[i].label_only for i in with_flow], dim=1)
     return Chunk(labels=clips.labels[:, start:stop], real=clips.rgb[:, start:stop], fake=fake,
                  windows=_temporal_windows(settings, clips.rgb, clips.flow, rollout.images, fake, start, stop),
                  with_flow=with_flow, extra=extra,
                  flow=_flow_inputs(outs, clips.rgb, clips.labels, clips.flow, clips.flow_conf, rollout.images, start))
 
 
-def _update_discriminator(engine, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, Tensor], list[str]]:
+def _update_discriminator(engine, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, float], list[str]]:
     """Real against detached fake frames (and windows); the losses, and the non-finite ones (then no
     update)."""
     window_real, window_fake, window_flow = chunk.windows
@@ -168,15 +183,14 @@ def _update_discriminator(engine, settings: StepSettings, chunk: Chunk) -> tuple
     t_real, t_fake = temporal or ([], [])
     terms = discriminator_losses(settings.loss, d_real=d_real, d_fake=d_fake, t_real=t_real, t_fake=t_fake,
                                  d_extra=dict(zip(chunk.extra, d_extra)))
-    losses = {f"d/{k}": v for k, v in terms.items()}
-    bad = _non_finite(losses)
+    losses, bad = _read({f"d/{k}": v for k, v in terms.items()})
     if not bad:
         engine.backward(terms["total"])
         engine.step()
     return losses, bad
 
 
-def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, Tensor], list[str]]:
+def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) -> tuple[dict[str, float], list[str]]:
     """Every generator term through the frozen discriminators; the losses, and the non-finite ones
     (then no update)."""
     window_real, window_fake, window_flow = chunk.windows
@@ -198,8 +212,7 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
         terms = generator_losses(settings.loss, fake=chunk.fake, real=real, d_fake=d_fake, d_real=d_real,
                                  t_fake=t_fake, t_real=t_real, vgg=settings.vgg, extra=extra, flow=chunk.flow,
                                  merge=settings.merge_passes)
-        losses = {f"g/{k}": v for k, v in terms.items()}
-        bad = _non_finite(losses)
+        losses, bad = _read({f"g/{k}": v for k, v in terms.items()})
         if not bad:
             engines.generator.backward(terms["total"])
             engines.generator.step()
@@ -301,16 +314,15 @@ def count_skipped(result: ChunkResult, progress: Progress, limit: int) -> None:
             f"The last checkpoint is left as it was.")
 
 
-def _non_finite(terms: dict[str, Tensor]) -> list[str]:
-    """Names of non-finite terms on any rank (the same list on every rank)."""
+def _read(terms: dict[str, Tensor]) -> tuple[dict[str, float], list[str]]:
+    """The terms' values, and the names of the non-finite ones on any rank (the same list on every
+    rank): one transfer from the device for all of them, where a check and a read per term would make
+    the host wait for the GPU twice per term."""
     names = sorted(terms)
     if any(terms[n].is_meta for n in names):  # shapes only (benchmarks/paper_budget.py): no values to check
-        return []
+        return {n: float("nan") for n in names}, []
+    values = torch.stack([terms[n].detach().float() for n in names])
     # On dist.device(): NCCL (the GPU backend) refuses CPU tensors in a collective.
-    flags = torch.tensor([0.0 if torch.isfinite(terms[n].detach()).all() else 1.0 for n in names],
-                         device=dist.device())
-    return [n for n, f in zip(names, dist.all_reduce_max(flags).tolist()) if f]
-
-
-def _floats(terms: dict[str, Tensor]) -> dict[str, float]:
-    return {k: float("nan") if v.is_meta else float(v.detach()) for k, v in terms.items()}
+    flags = dist.all_reduce_max(torch.isfinite(values).logical_not().float().to(dist.device()))
+    read = torch.cat([values.to(flags.device), flags]).tolist()
+    return dict(zip(names, read)), [n for n, flag in zip(names, read[len(names):]) if flag]

@@ -61,10 +61,10 @@ def test_generator_discriminators_and_losses_match_cpu(no_tf32):
 
 def test_batch_norm_with_bf16_parameters_beside_fp32_statistics():
     """DeepSpeed's bf16 cast (parameters only) on the paper config's batch norms: CUDA's backward refuses
-    it for nn.BatchNorm2d (the forward runs); models.batch_norm.BatchNorm2d trains, matching fp32."""
+    it for nn.BatchNorm2d (the forward runs); models.norms.BatchNorm2d trains, matching fp32."""
     from torch import nn
 
-    from models.batch_norm import BatchNorm2d
+    from models.norms import BatchNorm2d
 
     torch.manual_seed(0)
     reference = nn.BatchNorm2d(8).cuda()

@@ -43,7 +43,7 @@ def two_ranks_on_meta(monkeypatch: pytest.MonkeyPatch) -> list[torch.device]:
 def test_collectives_use_the_rank_device(two_ranks_on_meta: list[torch.device]) -> None:
     """NCCL refuses CPU tensors: the flags ranks reduce must live on ``distributed.device()``."""
     with pytest.raises(_ReachedCollective):
-        step._non_finite({"g/total": torch.tensor(1.0), "d/total": torch.tensor(float("nan"))})
+        step._read({"g/total": torch.tensor(1.0), "d/total": torch.tensor(float("nan"))})
     with pytest.raises(_ReachedCollective):
         next(batches.agreed_batches([object()], limit=0))
     assert two_ranks_on_meta == [torch.device("meta")] * 2

@@ -1,36 +1,38 @@
 """``train.merge_passes``: one discriminator pass over every set of frames an update judges, one VGG
-pass over the fake frames; the same losses as a pass per set, with fewer passes."""
+pass over the fake frames, one generator pass over a chunk's label-only frames; the same losses as a
+pass per set, with fewer passes."""
 from __future__ import annotations
 
 import torch
 from tiny_training import CHANNELS, TINY, AdamEngine, clips
 
 from models.build import build
-from models.config import DiscriminatorConfig
-from models.discriminators import per_sample
+from models.config import DiscriminatorConfig, per_sample
 from models.vgg import VGG19Features
 from trainer.engines import Engines
-from trainer.step import Discriminators, StepSettings, train_batch
+from trainer.step import Discriminators, StepSettings, merged_passes, train_batch
 
 
 def two_steps(merge: bool) -> tuple[list[dict[str, float]], dict[str, int]]:
     torch.manual_seed(0)
     nets = build(TINY, CHANNELS)
-    passes = {"image": 0, "vgg": 0}
+    passes = {"image": 0, "vgg": 0, "labels alone": 0}
     vgg = VGG19Features().eval().requires_grad_(False)  # random weights: the terms' values are what counts
     nets.image_discriminator.register_forward_hook(lambda *_: passes.__setitem__("image", passes["image"] + 1))
     vgg.register_forward_hook(lambda *_: passes.__setitem__("vgg", passes["vgg"] + 1))
+    nets.generator.scales[0].first_frame["encoder"].register_forward_hook(
+        lambda *_: passes.__setitem__("labels alone", passes["labels alone"] + 1))
     engines = Engines(AdamEngine(nets.generator),
                       AdamEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
     settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
-                            temporal_scales=1, vgg=vgg, merge_passes=merge)
+                            temporal_scales=1, vgg=vgg, **merged_passes(TINY, merge))
     batch = clips(frames=4, height=16, width=32)
     return [result.losses for _ in range(2) for result in train_batch(engines, batch, settings)], passes
 
 
 def test_merged_passes_give_the_losses_of_a_pass_per_set() -> None:
-    apart, apart_passes = two_steps(merge=False)
-    merged, merged_passes = two_steps(merge=True)
+    apart, apart_counts = two_steps(merge=False)
+    merged, merged_counts = two_steps(merge=True)
     assert [sorted(step) for step in merged] == [sorted(step) for step in apart]
     last = apart[-1]  # every kind of term is there: extra frames' GAN, feature matching and VGG terms too
     assert {"g/hallucinated_perceptual", "g/label_only_feature_matching", "d/d_fake_label_only",
@@ -42,8 +44,11 @@ def test_merged_passes_give_the_losses_of_a_pass_per_set() -> None:
     # Per chunk with extra frames: 4 image-D passes in the D update and 4 in the G update (real, output,
     # hallucinated, label-only) against 1 + 2 merged; VGG: 3 fake and 3 real passes against 1 + 1.
     # Two steps of two chunks, the first chunk of each clip with one frame that has a flow.
-    assert (apart_passes["image"], merged_passes["image"]) == (2 * 2 * 8, 2 * 2 * 3)
-    assert (apart_passes["vgg"], merged_passes["vgg"]) == (2 * 2 * 6, 2 * 2 * 2)
+    assert (apart_counts["image"], merged_counts["image"]) == (2 * 2 * 8, 2 * 2 * 3)
+    assert (apart_counts["vgg"], merged_counts["vgg"]) == (2 * 2 * 6, 2 * 2 * 2)
+    # The first-frame networks: the clip's first frame, then a label-only frame per later frame (3) against
+    # one pass per chunk (2).
+    assert (apart_counts["labels alone"], merged_counts["labels alone"]) == (2 * 4, 2 * 3)
 
 
 def test_passes_merge_only_where_samples_are_judged_alone() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -31,8 +32,20 @@ def test_counts_do_not_depend_on_the_frame_size_and_grow_with_the_clip(op_count)
     assert ops.ops["aten.convolution"] > 0 and ops.ops["aten.convolution_backward"] > 0
     # Two chunks of 2 frames against one: every chunk adds a D and a G update.
     assert op_count.trainer_step_ops(TINY, 4, 16, 32, frames=2, merge_passes=True)[0] < small
-    # A pass per set of frames: more discriminator passes, more operators.
+    # A pass per set of frames (train.merge_passes=false): more discriminator passes, more operators.
     apart, apart_ops = op_count.trainer_step_ops(TINY, 4, 16, 32, frames=4, merge_passes=False)
-    assert apart > small and apart_ops.ops["aten.convolution"] > ops.ops["aten.convolution"]
+    assert apart_ops.computing > ops.computing and apart_ops.ops["aten.convolution"] > ops.ops["aten.convolution"]
+    assert 0 < ops.views < ops.total
     per_frame, _ = op_count.ops_per_frame(TINY, 4, 16, 32, frames=3)
     assert 0 < per_frame < small / 4
+
+
+def test_against_a_commit_measures_both_trees(op_count, capsys) -> None:
+    """``--against REV``: step_cost.py on a copy of the commit (here HEAD) and on this tree, each in a
+    process of its own; HEAD has the same step as a clean checkout, so the counts agree there."""
+    op_count.against("HEAD", 16, 32, frames=2, repeats=1)
+    out = capsys.readouterr().out
+    counts = [int(n) for n in re.findall(r"trainer's step at 32x16, (?:HEAD|this tree): (\d+) operators", out)]
+    assert len(counts) == 2 and min(counts) > 1000, out
+    assert re.search(r"this tree against HEAD: [\d.]+x fewer operators, [\d.]+x fewer that are not views or "
+                     r"aliases, host time [\d.]+x faster", out), out

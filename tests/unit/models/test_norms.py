@@ -1,11 +1,12 @@
-"""Batch norm with bf16 parameters beside fp32 statistics (how DeepSpeed casts a module for bf16)."""
+"""models/norms.py: batch norm with bf16 parameters beside fp32 statistics (how DeepSpeed casts a module
+for bf16); instance norm as a group norm of one channel per group."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from models.batch_norm import BatchNorm2d
+from models.norms import BatchNorm2d, InstanceNorm2d
 
 
 def _pair(momentum):
@@ -44,3 +45,23 @@ def test_one_dtype_is_nn_batch_norm():
     same.load_state_dict(reference.state_dict())
     x = torch.randn(2, 4, 3, 3)
     assert torch.equal(same(x), copy.deepcopy(reference)(x))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_is_nn_instance_norm(affine):
+    torch.manual_seed(0)
+    reference = nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 1.5)
+            reference.bias.uniform_(-0.5, 0.5)
+    ours = InstanceNorm2d(6, affine=affine)
+    ours.load_state_dict(reference.state_dict())  # the same parameters, the same state dict
+    x = (torch.randn(3, 6, 7, 9) * 3 + 2).requires_grad_()
+    expected, out = reference(x), ours(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(expected)  # a loss that weighs every output differently
+    grads = torch.autograd.grad((expected * weights).sum(), [x, *reference.parameters()])
+    ours_grads = torch.autograd.grad((out * weights).sum(), [x, *ours.parameters()])
+    for g, o in zip(grads, ours_grads, strict=True):
+        torch.testing.assert_close(o, g, atol=1e-4, rtol=1e-4)

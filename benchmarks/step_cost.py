@@ -1,0 +1,112 @@
+"""The trainer's step on plain modules: operators dispatched (and the views and aliases among them) and
+the median step time, as one JSON line. ``benchmarks/op_count.py --against REV`` runs this file on the
+working tree and on a copy of commit REV, each in a process of its own, so that a change is measured
+against the code it replaced in one invocation. It reads only what every tree since 2026-12-04 has
+(``train.merge_passes`` where the tree has it, at its default).
+
+The step is ``trainer.step.train_batch`` over chunks of 2 frames, VGG terms off, on plain modules
+(``paper_budget.PlainEngine``: DeepSpeed's hooks and the optimizer come on top), one clip, one thread.
+
+    .venv/bin/python benchmarks/step_cost.py --height 16 --width 32      # the demo model, tiny size
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+TREE = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TREE), str(TREE / "benchmarks")]
+
+from gpu_step import random_clips  # noqa: E402
+from models.build import build  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from paper_budget import PlainEngine  # noqa: E402
+from trainer import step as trainer_step_module  # noqa: E402
+from trainer.engines import Engines  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every operator that reaches a kernel, by name, and apart the views and aliases among them
+    (``view``, ``detach``, ``select``...: a dispatch on the host, but no kernel on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        self.views += func.is_view
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+    @property
+    def computing(self) -> int:
+        """Operators that are not views or aliases."""
+        return self.total - self.views
+
+
+def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int,
+                 merge_passes: bool = True, frames_per_step: int = 2) -> Callable[[], object]:
+    """The trainer's step on plain modules, as a callable (``merge_passes``: ``train.merge_passes``)."""
+    S = trainer_step_module
+    torch.manual_seed(0)
+    channels = classes + 1  # with instance edges
+    nets = build(model, channels)
+    nets.generator.set_active_scales(model.generator.num_scales)
+    engines = Engines(PlainEngine(nets.generator),
+                      PlainEngine(S.Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
+    batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
+    merged = S.merged_passes(model, merge_passes) if hasattr(S, "merged_passes") else {}
+    settings = S.StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
+                              frames_per_step=frames_per_step,
+                              temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
+                              temporal_scales=model.discriminator.temporal_scales, **merged)
+    return lambda: S.train_batch(engines, batch, settings)
+
+
+def timed(step: Callable[[], object], repeats: int) -> float:
+    step()  # warm-up: allocator, lazy inits
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(TREE / "configs" / "demo.yaml"))
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--height", type=int, default=16)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    from cluster.config import load
+
+    torch.set_num_threads(1)
+    step = trainer_step(load(args.config).model, args.classes, args.height, args.width, args.frames)
+    step()
+    with OpCounter() as counter:
+        step()
+    print(json.dumps({"operators": counter.total, "computing": counter.computing,
+                      "seconds": timed(step, args.repeats)}))
+
+
+if __name__ == "__main__":
+    main()
