@@ -8,8 +8,7 @@ channels_last inputs, and with ``--compile`` the compiled frame step against the
         --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --no-variants      # the paper model
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
-The step is timed once more as it ran before 2026-12-04 (a pass per set of frames, instance norms
-through ``F.instance_norm``), the baseline of ``train.merge_passes`` and ``models.norms``.
+With ``train.merge_passes`` (on by default) the step is timed once more with a pass per set of frames.
 ``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
 fp32 at 64x32 with one timed step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the
 script works when a session finally has a GPU for it (GPU time is lent for minutes at a time).
@@ -18,7 +17,6 @@ Extra ``model.key=value`` arguments override the config (e.g. a smaller paper mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import sys
@@ -26,10 +24,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,7 +35,6 @@ from dataio.config import DataConfig  # noqa: E402
 from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
-from models.norms import InstanceNorm2d  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer import distributed as dist  # noqa: E402
 from trainer import engines  # noqa: E402
@@ -108,19 +103,6 @@ def random_clips(dev: torch.device, b: int, t: int, channels: int, height: int, 
     if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
         clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
     return ClipBatch(**clips, keys=[f"random-{i}" for i in range(b)], draws=[])
-
-
-@contextlib.contextmanager
-def instance_norm_as_before() -> Iterator[None]:
-    """``nn.InstanceNorm2d``'s own forward (``F.instance_norm``: a batch norm over the batch reshaped)
-    in place of ``models.norms.InstanceNorm2d``'s group norm, as the step ran before 2026-12-04: for
-    baselines."""
-    ours = InstanceNorm2d.forward
-    InstanceNorm2d.forward = nn.InstanceNorm2d.forward
-    try:
-        yield
-    finally:
-        InstanceNorm2d.forward = ours
 
 
 def main() -> None:
@@ -222,14 +204,12 @@ def main() -> None:
             took = median_step(clips)
             print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
                   f"of batch {batch_size}'s", flush=True)
-    # The step as it ran before 2026-12-04, in this invocation: a pass per set of frames
-    # (train.merge_passes=false) and instance norms through F.instance_norm.
-    before = dataclasses.replace(settings, **merged_passes(model, False))
-    with instance_norm_as_before():
-        train_batch(pair, batch, before)  # warm-up: the passes' own shapes
-        took = median_step(batch, before)
-    print(f"the step as before 2026-12-04 (a pass per set of frames, F.instance_norm): {took * 1000:.0f} ms "
-          f"against {base * 1000:.0f} ms now: now is {took / base:.2f}x faster", flush=True)
+    if any(merged_passes(model).values()):  # against a pass per set of frames, in this invocation
+        apart = dataclasses.replace(settings, **merged_passes(model, False))
+        train_batch(pair, batch, apart)  # warm-up: the passes' own shapes
+        took = median_step(batch, apart)
+        print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
+              f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
     if args.compile:  # last: compiling changes the generator for good
         generator.compile_frame_step(args.compile, backend=args.compile_backend)
         started = time.perf_counter()
