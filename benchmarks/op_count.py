@@ -18,7 +18,10 @@ no kernel on a GPU. Then the demo step is timed at a tiny size, where compute is
 overhead), and at the demo size, in the same invocation: their ratio is the share of the demo step the
 host alone would take. ``--against REV`` measures the demo trainer's step (operators and host time at
 the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
-of its own, and prints the ratios: a change measured against the code it replaced.
+of its own, and prints the ratios: a change measured against the code it replaced. It also counts with
+the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
+counted in one step against the profiler's 737, 2026-12-04), so the profiler's count is what a step
+dispatches when nothing watches it, nested calls included or the outermost only.
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
     .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7
@@ -100,12 +103,15 @@ def against(rev: str, height: int, width: int, frames: int, repeats: int) -> Non
                                    "--width", str(width), "--frames", str(frames), "--repeats", str(repeats)],
                                   cwd=tree, capture_output=True, text=True, check=True)
             costs[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"  trainer's step at {width}x{height}, {name}: {costs[name]['operators']} operators "
-                  f"({costs[name]['computing']} not views or aliases), {costs[name]['seconds']:.3f} s", flush=True)
+            cost = costs[name]
+            print(f"  trainer's step at {width}x{height}, {name}: {cost['operators']} operators "
+                  f"({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen calls, "
+                  f"{cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
     then, now = costs[rev], costs["this tree"]
     print(f"  this tree against {rev}: {then['operators'] / now['operators']:.2f}x fewer operators, "
-          f"{then['computing'] / now['computing']:.2f}x fewer that are not views or aliases, host time "
-          f"{then['seconds'] / now['seconds']:.2f}x faster")
+          f"{then['computing'] / now['computing']:.2f}x fewer that are not views or aliases; profiler: "
+          f"{then['profiled'] / now['profiled']:.2f}x fewer ATen calls, {then['outermost'] / now['outermost']:.2f}x "
+          f"fewer outermost; host time {then['seconds'] / now['seconds']:.2f}x faster")
 
 
 def main() -> None:

@@ -78,6 +78,26 @@ def trainer_step(model: ModelConfig, classes: int, height: int, width: int, fram
     return lambda: S.train_batch(engines, batch, settings)
 
 
+def profiled(step: Callable[[], object]) -> tuple[int, int]:
+    """ATen operator calls of one ``step`` as the torch profiler sees them without a dispatch mode:
+    every call, nested ones included (``aten::conv2d`` and the convolution it calls), and the
+    outermost ones only (called by Python or the autograd engine, not by another operator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    calls = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+    return len(calls), sum(not nested(e) for e in calls)
+
+
 def timed(step: Callable[[], object], repeats: int) -> float:
     step()  # warm-up: allocator, lazy inits
     runs = []
@@ -104,8 +124,9 @@ def main() -> None:
     step()
     with OpCounter() as counter:
         step()
-    print(json.dumps({"operators": counter.total, "computing": counter.computing,
-                      "seconds": timed(step, args.repeats)}))
+    calls, outermost = profiled(step)
+    print(json.dumps({"operators": counter.total, "computing": counter.computing, "profiled": calls,
+                      "outermost": outermost, "seconds": timed(step, args.repeats)}))
 
 
 if __name__ == "__main__":

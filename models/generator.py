@@ -229,10 +229,22 @@ class Rollout:
         previous = self.images[-self.history:] if self.history else []
         prev = torch.stack(previous, dim=1) if previous else None
         out = self.forward(torch.stack(self.labels, dim=1), prev, **(with_previous if prev is not None else {}))
-        self.images.append(out.image.detach() if self.detach else out.image)
+        self._keep(out.image)
+        return out
+
+    def first(self, labels: Tensor, image: Tensor) -> GeneratorOutput:
+        """Take ``image`` [B, 3, H, W], made from the label maps ``labels`` alone (``labels_alone``, in one
+        pass with later frames), as the clip's first frame: what ``step`` would have made and kept."""
+        if self.images:
+            raise ValueError("Rollout.first takes the clip's first frame, and frames were generated already")
+        self.labels = [labels]
+        self._keep(image)
+        return GeneratorOutput(image, image, None, None, None)
+
+    def _keep(self, image: Tensor) -> None:
+        self.images.append(image.detach() if self.detach else image)
         if not self.keep_all:
             self.images = self.images[-max(self.history, 1):]
-        return out
 
     def labels_alone(self, labels: Tensor, frames: Sequence[int]) -> Tensor:
         """What the labels alone give (the first frame's path, what ``label_only`` asks of a step) for

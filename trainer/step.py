@@ -156,14 +156,18 @@ def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start:
     label_only = settings.loss.label_only > 0
     per_chunk = label_only and settings.label_only_per_chunk
     with_previous = {"label_only": True} if label_only and not per_chunk else {}
-    outs = [rollout.step(clips.labels[:, t], **with_previous) for t in range(start, stop)]
+    # What the labels alone give for every frame of the chunk, in one pass: the later frames' label-only
+    # images, and the clip's first frame when the chunk starts the clip (made that way anyway).
+    alone = rollout.labels_alone(clips.labels, range(start, stop)) if per_chunk else None
+    outs = [rollout.first(clips.labels[:, t], alone[:, 0]) if alone is not None and t == 0
+            else rollout.step(clips.labels[:, t], **with_previous) for t in range(start, stop)]
     fake = torch.stack([o.image for o in outs], dim=1)
-    with_flow = [i for i, o in enumerate(outs) if o.flow is not None]
+    with_flow = [i for i, o in enumerate(outs) if o.flow is not None]  # all but the clip's first frame
     extra = {}
     if with_flow and settings.loss.hallucinated > 0:
         extra["hallucinated"] = torch.stack([outs[i].hallucinated for i in with_flow], dim=1)
     if with_flow and label_only:
-        extra["label_only"] = rollout.labels_alone(clips.labels, [start + i for i in with_flow]) if per_chunk \
+        extra["label_only"] = alone[:, with_flow[0]:] if alone is not None \
             else torch.stack([outs[i].label_only for i in with_flow], dim=1)
     return Chunk(labels=clips.labels[:, start:stop], real=clips.rgb[:, start:stop], fake=fake,
                  windows=_temporal_windows(settings, clips.rgb, clips.flow, rollout.images, fake, start, stop),

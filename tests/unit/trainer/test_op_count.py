@@ -48,4 +48,7 @@ def test_against_a_commit_measures_both_trees(op_count, capsys) -> None:
     counts = [int(n) for n in re.findall(r"trainer's step at 32x16, (?:HEAD|this tree): (\d+) operators", out)]
     assert len(counts) == 2 and min(counts) > 1000, out
     assert re.search(r"this tree against HEAD: [\d.]+x fewer operators, [\d.]+x fewer that are not views or "
-                     r"aliases, host time [\d.]+x faster", out), out
+                     r"aliases; profiler: [\d.]+x fewer ATen calls, [\d.]+x fewer outermost; host time [\d.]+x "
+                     r"faster", out), out
+    outermost = [int(n) for n in re.findall(r"ATen calls, (\d+) outermost", out)]
+    assert len(outermost) == 2 and min(outermost) > 1000, out
