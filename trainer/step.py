@@ -94,7 +94,8 @@ def merged_passes(model: ModelConfig, enabled: bool = True) -> dict[str, bool]:
     """``StepSettings``' merge flags for ``model`` (``train.merge_passes``): each on where one pass over
     several sets of frames gives what a pass per set would (``models.config.per_sample``)."""
     return {"merge_passes": enabled and per_sample(model.discriminator),
-            "label_only_per_chunk": enabled and per_sample(model.generator)}
+            # The per-frame ablation has no label-only frames: every frame is made from labels alone.
+            "label_only_per_chunk": enabled and per_sample(model.generator) and not model.generator.per_frame}
 
 
 class NonFiniteLossError(RuntimeError):

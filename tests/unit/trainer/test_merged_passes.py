@@ -3,6 +3,8 @@ pass over the fake frames, one generator pass over a chunk's label-only frames; 
 pass per set, with fewer passes."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tiny_training import CHANNELS, TINY, AdamEngine, clips
 
@@ -55,3 +57,10 @@ def test_passes_merge_only_where_samples_are_judged_alone() -> None:
     assert per_sample(DiscriminatorConfig(norm="instance")) and per_sample(DiscriminatorConfig(norm="none"))
     assert not per_sample(DiscriminatorConfig(norm="batch"))
     assert not per_sample(DiscriminatorConfig(norm="instance", spectral_norm=True))
+
+
+def test_the_per_frame_ablation_takes_no_label_only_pass() -> None:
+    per_frame = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, per_frame=True))
+    assert merged_passes(TINY) == {"merge_passes": True, "label_only_per_chunk": True}
+    assert merged_passes(per_frame) == {"merge_passes": True, "label_only_per_chunk": False}
+    assert not any(merged_passes(TINY, enabled=False).values())
