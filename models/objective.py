@@ -121,19 +121,20 @@ def _vgg_features(cfg: LossConfig, vgg: nn.Module | None, fake: Tensor, real: Te
         out = []
         for images, reals in sets:
             with torch.no_grad():
-                real_feats = vgg(_flat(reals))
-            out.append((vgg(_flat(images)), real_feats))
+                real_feats = vgg(flat_frames(reals))
+            out.append((vgg(flat_frames(images)), real_feats))
         return out
     sizes = [images.shape[:-3].numel() for images, _ in sets]
-    fake_feats = [x.split(sizes) for x in vgg(torch.cat([_flat(images) for images, _ in sets]))]
+    fake_feats = [x.split(sizes) for x in vgg(torch.cat([flat_frames(images) for images, _ in sets]))]
     with torch.no_grad():
-        real_feats = vgg(_flat(real))
+        real_feats = vgg(flat_frames(real))
         extra_real = [[x.unflatten(0, real.shape[:-3])[:, list(frames.frames)].flatten(0, 1) for x in real_feats]
-                      if frames.frames is not None else vgg(_flat(frames.real)) for frames in extra]
+                      if frames.frames is not None else vgg(flat_frames(frames.real)) for frames in extra]
     return [([x[k] for x in fake_feats], reals) for k, reals in enumerate([real_feats] + extra_real)]
 
 
-def _flat(frames: Tensor) -> Tensor:
+def flat_frames(frames: Tensor) -> Tensor:
+    """[..., C, H, W] -> [N, C, H, W], the leading axes (batch, time) folded b-major, as the networks take them."""
     return frames.reshape(-1, *frames.shape[-3:])
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from models.config import LossConfig, ModelConfig, per_sample
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
 from models.generator import Rollout
-from models.objective import ExtraFrames, FlowInputs, discriminator_losses, generator_losses
+from models.objective import ExtraFrames, FlowInputs, discriminator_losses, flat_frames, generator_losses
 from trainer import distributed as dist
 from trainer.engines import Engines, precision
 
@@ -211,7 +211,8 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
                                                window_flow, settings.merge_passes)
         t_fake = temporal[0] if temporal else []
         d_real_with_flow = _frames(d_real, real.shape[:2], chunk.with_flow) if chunk.extra else None
-        extra = [ExtraFrames(name, frames, real[:, chunk.with_flow], d_real=d_real_with_flow, d_fake=d_fake_extra,
+        real_with_flow = real[:, chunk.with_flow] if chunk.extra else None  # one copy for every extra set
+        extra = [ExtraFrames(name, frames, real_with_flow, d_real=d_real_with_flow, d_fake=d_fake_extra,
                              frames=chunk.with_flow)
                  for (name, frames), d_fake_extra in zip(chunk.extra.items(), d_extra)]
         terms = generator_losses(settings.loss, fake=chunk.fake, real=real, d_fake=d_fake, d_real=d_real,
@@ -238,14 +239,10 @@ def _judge(discriminators: Callable[..., Any], sets: list[tuple[Tensor, Tensor]]
                 for k, (labels, images) in enumerate(sets)]
         return [out[0] for out in outs], outs[0][1]
     sizes = [images.shape[:-3].numel() for _, images in sets]
-    merged, temporal = discriminators(torch.cat([_flat(labels) for labels, _ in sets]),
-                                      torch.cat([_flat(images) for _, images in sets]), windows, window_flow)
+    merged, temporal = discriminators(torch.cat([flat_frames(labels) for labels, _ in sets]),
+                                      torch.cat([flat_frames(images) for _, images in sets]), windows, window_flow)
     parts = [[x.split(sizes) for x in scale] for scale in merged]
     return [[[x[k] for x in scale] for scale in parts] for k in range(len(sets))], temporal
-
-
-def _flat(frames: Tensor) -> Tensor:
-    return frames.reshape(-1, *frames.shape[-3:])
 
 
 def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> list[list[Tensor]]:
