@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.chunk_labels import ChunkLabels, FrameLabels
 from models.config import GeneratorConfig
 from models.label_flow import label_flow
 from models.scales import IMAGE_CHANNELS, GeneratorScale, ScaleResult
@@ -121,7 +122,7 @@ class Generator(nn.Module):
 
     # -- one frame -----------------------------------------------------------------------------
     def forward(self, labels: Tensor, prev_frames: Tensor | None = None, label_only: bool = False,
-                flow: Tensor | None = None) -> GeneratorOutput:
+                flow: Tensor | None = None, chunk: FrameLabels | None = None) -> GeneratorOutput:
         """Generate frame t.
 
         ``labels`` [B, n, C, H, W]: label maps of frames t-n+1..t (n <= L+1; fewer at the start of
@@ -130,6 +131,8 @@ class Generator(nn.Module):
         ``label_only``: with previous frames, also generate the frame from the labels alone (the
         trainer trains the first frame's path on every frame with it). ``flow`` [B, 2, H, W]: warp with
         this flow instead of the predicted one (a diagnostic: the same generator with a perfect flow).
+        ``chunk``: ``labels`` as one frame of a chunk (``models/chunk_labels.py``, the trainer's): what the
+        labels alone decide is computed once for the chunk's frames.
         """
         labels, prev = self._prepare(labels, prev_frames)
         cond = labels[:, -1]
@@ -139,9 +142,12 @@ class Generator(nn.Module):
         result: ScaleResult | None = None
         for index in range(self._active):
             factor = 2 ** (self._active - 1 - index)
+            at_scale = None if chunk is None or prev_flat is None else chunk.pooled(factor, _pool)
             result = self.scales[index](
-                _pool(labels_flat, factor), None if prev_flat is None else _pool(prev_flat, factor),
-                _pool(cond, factor), coarse=result, label_only=label_only)
+                _pool(labels_flat, factor) if at_scale is None else at_scale.stacks,
+                None if prev_flat is None else _pool(prev_flat, factor),
+                _pool(cond, factor) if at_scale is None else at_scale.cond,
+                coarse=result, label_only=label_only, chunk=at_scale)
         assert result is not None
         if result.flow is None:
             return GeneratorOutput(result.hallucinated, result.hallucinated, None, None, None)
@@ -252,9 +258,18 @@ class Rollout:
         [B, len(frames), 3, H, W]. The label history of each is the one ``step`` would read; a pass per
         frame gives the same where the generator treats each sample on its own
         (``models.config.per_sample``)."""
-        n = self.history + 1
-        stacks = torch.stack([_left_pad(labels[:, max(0, t + 1 - n):t + 1], n) for t in frames], dim=1)
+        stacks = self.label_stacks(labels, frames)
         return self.forward(stacks.flatten(0, 1), None).image.unflatten(0, (labels.shape[0], len(frames)))
+
+    def chunk(self, labels: Tensor, frames: Sequence[int]) -> ChunkLabels:
+        """Frames ``frames`` of a clip's label maps [B, T, C, H, W] as a chunk: ``step(labels[:, t],
+        chunk=chunk.frame(i))`` for the i-th of them computes what the labels alone decide once for all."""
+        return ChunkLabels(self.label_stacks(labels, frames))
+
+    def label_stacks(self, labels: Tensor, frames: Sequence[int]) -> Tensor:
+        """The label maps ``step`` reads for each of frames ``frames`` [B, len(frames), L+1, C, H, W]."""
+        n = self.history + 1
+        return torch.stack([_left_pad(labels[:, max(0, t + 1 - n):t + 1], n) for t in frames], dim=1)
 
 
 def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True,

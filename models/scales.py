@@ -21,12 +21,16 @@ after its one downsampling) and upsamples back, doubling the output resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from models.config import GeneratorConfig
 from models.layers import CondSequential, ConvBlock, OutputConv, ResBlock, conv_factory
+
+if TYPE_CHECKING:
+    from models.chunk_labels import ScaleLabels
 
 IMAGE_CHANNELS = 3
 
@@ -102,18 +106,22 @@ class GeneratorScale(nn.Module):
         return [self.image_head] + ([self.flow_head, self.mask_head] if self.temporal else []) + own
 
     def forward(self, labels: Tensor, prev: Tensor | None, cond: Tensor,
-                coarse: ScaleResult | None = None, label_only: bool = False) -> ScaleResult:
+                coarse: ScaleResult | None = None, label_only: bool = False,
+                chunk: ScaleLabels | None = None) -> ScaleResult:
         """``labels`` [B, (L+1)*C, h, w], ``prev`` [B, L*3, h, w] or None (first frame), ``cond``
         the current label map [B, C, h, w] for SPADE. ``label_only``: also make the image the labels
-        alone give, as the first frame is made (``model.generator.first_frame``)."""
+        alone give, as the first frame is made (``model.generator.first_frame``). ``chunk``: the same
+        label maps as one frame of a chunk (``models/chunk_labels.py``): with previous frames, the label
+        encoder and the image decoder's SPADE modulations come from one pass over the chunk."""
         if prev is None:
             features, image = self._labels_alone(labels, cond, None if coarse is None else coarse.image_features)
             return ScaleResult(image, None, None, features, None)
         if not self.temporal:
             raise ValueError("the per-frame generator takes no previous frames")
-        label_features = self.label_encoder(labels)
+        label_features = self.label_encoder(labels) if chunk is None else chunk.encoded(self.label_encoder)
         features = label_features + self.prev_encoder(prev)
-        image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features, cond)
+        image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features,
+                                                   cond if chunk is None else chunk)
         flow_in = features if coarse is None or coarse.flow_features is None \
             else features + coarse.flow_features
         flow_features = self.flow_decoder(flow_in, cond)
@@ -137,7 +145,9 @@ class GeneratorScale(nn.Module):
         return self._image(self.label_encoder(labels) if label_features is None else label_features,
                            coarse_features, cond)
 
-    def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """The image decoder's features and the image (tanh) from encoder ``features``."""
+    def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor | ScaleLabels
+               ) -> tuple[Tensor, Tensor]:
+        """The image decoder's features and the image (tanh) from encoder ``features``; ``cond`` goes to
+        its SPADE norms."""
         decoded = self.image_decoder(features if coarse_features is None else features + coarse_features, cond)
         return decoded, torch.tanh(self.image_head(decoded))

@@ -252,3 +252,41 @@ def test_rollout_takes_a_first_frame_made_with_later_label_only_frames() -> None
         torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="first frame"):
         given.first(labels[:, 0], alone[:, 0])
+
+
+@pytest.mark.parametrize("scales", [1, 2])
+def test_a_chunk_shares_what_the_labels_alone_decide(scales) -> None:
+    """``step(..., chunk=...)``: each scale's label encoder and SPADE modulations run once for a chunk's
+    frames, and the frames and gradients are those of a pass per frame."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=scales), LABELS)
+    height, width = 8 * 2 ** (scales - 1), 16 * 2 ** (scales - 1)
+    labels = one_hot_labels(2, 4, height, width)
+    encoder_calls = []
+    gen.scales[-1].label_encoder.register_forward_hook(lambda module, args, out: encoder_calls.append(args[0].shape[0]))
+
+    def frames_and_grads(shared: bool):
+        rollout = Rollout(gen)
+        rollout.step(labels[:, 0])
+        chunk = rollout.chunk(labels, [1, 2, 3])
+        outs = [rollout.step(labels[:, t], **({"chunk": chunk.frame(t - 1)} if shared else {})) for t in (1, 2, 3)]
+        images = torch.stack([o.image for o in outs], dim=1)
+        gen.zero_grad()
+        (images * torch.linspace(-1, 1, images.numel()).view_as(images)).sum().backward()
+        return images.detach(), {n: p.grad.clone() for n, p in gen.named_parameters() if p.grad is not None}
+
+    encoder_calls.clear()
+    apart, apart_grads = frames_and_grads(False)
+    assert encoder_calls == [2, 2, 2]  # a pass per frame of batch 2 (the first frame has networks of its own)
+    encoder_calls.clear()
+    shared, shared_grads = frames_and_grads(True)
+    assert encoder_calls == [6]  # one pass over the chunk's 3 frames
+    torch.testing.assert_close(shared, apart, atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == apart_grads.keys() and any(".gamma." in n for n in shared_grads)
+    # float32 rounding of sums over larger batches, against gradients up to the hundreds (and biases
+    # before an instance norm, whose exact gradient is 0: their values are rounding noise)
+    scale = max(float(grad.abs().max()) for grad in apart_grads.values())
+    for name, grad in apart_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
+    with pytest.raises(IndexError, match="chunk of 3"):
+        Rollout(gen).chunk(labels, [1, 2, 3]).frame(3)
