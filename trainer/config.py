@@ -96,12 +96,16 @@ class TrainConfig:
     ``off``: eager (docs/performance.md has the measurements)."""
     merge_passes: bool = True
     """One image-discriminator pass over every set of frames an update judges (real, output, raw
-    hallucinated and label-only frames: four passes in the D update, three in the G update), and one
-    VGG pass over the output and the extra frames, the real frames' features computed once: fewer,
-    larger kernels. The same losses and gradients as a pass per set (to float rounding) where the
-    discriminators judge each sample on its own; with ``norm: batch`` or spectral norm in the
-    discriminator (statistics across the batch, a power iteration per pass) every pass stays separate
-    whatever this says. ``false``: a pass per set (benchmarks/op_count.py compares the two)."""
+    hallucinated and label-only frames: four passes in the D update, three in the G update), one
+    temporal-discriminator pass over the real and fake windows of the D update, and one VGG pass over
+    the output and the extra frames, the real frames' features computed once. In the generator, a
+    chunk's label-only frames in one pass, and what the label maps alone decide for a chunk's frames
+    (each scale's label encoder and SPADE modulations, ``models/chunk_labels.py``) in one pass, not one
+    per frame (not with ``compile``, whose graphs take one frame). Fewer, larger kernels, and the same
+    losses and gradients as a pass per set (to float rounding) where the networks judge each sample on
+    its own; with ``norm: batch`` or spectral norm (statistics across the batch, a power iteration per
+    pass) those passes stay separate whatever this says. ``false``: a pass per set
+    (benchmarks/op_count.py compares the two)."""
     generator: EngineConfig = field(default_factory=EngineConfig)
     discriminator: EngineConfig = field(default_factory=EngineConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

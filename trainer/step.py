@@ -74,6 +74,9 @@ class StepSettings:
     fake ones (``TrainConfig.merge_passes``, which says when the results are the same)."""
     label_only_per_chunk: bool = False
     """The label-only frames of a chunk in one generator pass, not one per frame (ditto)."""
+    labels_per_chunk: bool = False
+    """What the labels alone decide in the generator (label encoders, SPADE modulations) in one pass over
+    a chunk's frames (``models/chunk_labels.py``; ditto, and not with compiled scales)."""
     on_generator_update: Callable[[], None] | None = None
     """Called after every generator update (the trainer folds the weights into their average)."""
 
@@ -85,17 +88,21 @@ class StepSettings:
         return cls(loss=cfg.model.loss, frames_per_step=cfg.train.frames_per_step,
                    temporal_frames=cfg.model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
                    temporal_scales=cfg.model.discriminator.temporal_scales, vgg=vgg,
-                   **merged_passes(cfg.model, cfg.train.merge_passes),
+                   **merged_passes(cfg.model, cfg.train.merge_passes, compiled=cfg.train.compile != "off"),
                    dtype=torch.bfloat16 if precision(cfg.train.generator) == "bf16" else torch.float32,
                    on_generator_update=on_generator_update)
 
 
-def merged_passes(model: ModelConfig, enabled: bool = True) -> dict[str, bool]:
+def merged_passes(model: ModelConfig, enabled: bool = True, compiled: bool = False) -> dict[str, bool]:
     """``StepSettings``' merge flags for ``model`` (``train.merge_passes``): each on where one pass over
-    several sets of frames gives what a pass per set would (``models.config.per_sample``)."""
-    return {"merge_passes": enabled and per_sample(model.discriminator),
-            # The per-frame ablation has no label-only frames: every frame is made from labels alone.
-            "label_only_per_chunk": enabled and per_sample(model.generator) and not model.generator.per_frame}
+    several sets of frames gives what a pass per set would (``models.config.per_sample``). ``compiled``
+    (``train.compile``): the generator's scales are compiled for one frame's inputs, which a chunk's
+    shared label work is not."""
+    # The per-frame ablation has no label-only frames and no previous ones: every frame is made from
+    # labels alone.
+    generator = enabled and per_sample(model.generator) and not model.generator.per_frame
+    return {"merge_passes": enabled and per_sample(model.discriminator), "label_only_per_chunk": generator,
+            "labels_per_chunk": generator and not compiled}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -160,8 +167,10 @@ def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start:
     # What the labels alone give for every frame of the chunk, in one pass: the later frames' label-only
     # images, and the clip's first frame when the chunk starts the clip (made that way anyway).
     alone = rollout.labels_alone(clips.labels, range(start, stop)) if per_chunk else None
+    chunk = rollout.chunk(clips.labels, range(start, stop)) if settings.labels_per_chunk else None
     outs = [rollout.first(clips.labels[:, t], alone[:, 0]) if alone is not None and t == 0
-            else rollout.step(clips.labels[:, t], **with_previous) for t in range(start, stop)]
+            else rollout.step(clips.labels[:, t], **with_previous, **({} if chunk is None else {"chunk": chunk.frame(i)}))
+            for i, t in enumerate(range(start, stop))]
     fake = torch.stack([o.image for o in outs], dim=1)
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]  # all but the clip's first frame
     extra = {}
@@ -233,16 +242,30 @@ def _judge(discriminators: Callable[..., Any], sets: list[tuple[Tensor, Tensor]]
            window_flow: Tensor | None, merge: bool) -> tuple[list[Any], list[list[Any]]]:
     """The image discriminator's outputs on each (labels, images) set [B, f_i, ...], and the temporal
     discriminator's on each window. ``merge``: one pass over every set, its outputs split back per set
-    (each b-major, as a pass of its own gives); else a pass per set, the windows with the first."""
+    (each b-major, as a pass of its own gives), and one over every window; else a pass per set, the
+    windows one by one with the first."""
     if not merge or len(sets) == 1:
         outs = [discriminators(labels, images, windows if k == 0 else [], window_flow)
                 for k, (labels, images) in enumerate(sets)]
         return [out[0] for out in outs], outs[0][1]
     sizes = [images.shape[:-3].numel() for _, images in sets]
+    together = [torch.cat(windows)] if len(windows) > 1 else windows
+    flow = torch.cat([window_flow] * len(windows)) if len(windows) > 1 else window_flow
     merged, temporal = discriminators(torch.cat([flat_frames(labels) for labels, _ in sets]),
-                                      torch.cat([flat_frames(images) for _, images in sets]), windows, window_flow)
+                                      torch.cat([flat_frames(images) for _, images in sets]), together, flow)
     parts = [[x.split(sizes) for x in scale] for scale in merged]
+    if len(windows) > 1:
+        temporal = _per_window(temporal[0], len(windows), windows[0].shape[0])
     return [[[x[k] for x in scale] for scale in parts] for k in range(len(sets))], temporal
+
+
+def _per_window(outputs: list[Any], count: int, batch: int) -> list[list[Any]]:
+    """The temporal discriminator's outputs on ``count`` windows of ``batch`` clips passed as one batch,
+    split back per window. Its windows come out start-major (``temporal_windows``): window k's are
+    [start, k, b] views [N, B, ...] of each output, not copies; the losses take their means, and feature
+    matching pairs them element by element with another window's, laid out alike."""
+    return [[[[x.unflatten(0, (-1, count, batch))[:, k] for x in scale] for scale in out] for out in outputs]
+            for k in range(count)]
 
 
 def _frames(outputs: Any, batch_frames: tuple[int, int], index: list[int]) -> list[list[Tensor]]:

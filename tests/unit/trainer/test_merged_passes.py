@@ -15,17 +15,33 @@ from trainer.engines import Engines
 from trainer.step import Discriminators, StepSettings, merged_passes, train_batch
 
 
+class SGDEngine(AdamEngine):
+    """Plain gradient descent: each update in proportion to its gradient. Adam's first step moves a weight
+    by about its learning rate whatever the size of its gradient, so a gradient that is 0 but for
+    rounding (the temporal discriminator's last bias, when every real and fake output is inside the hinge
+    loss's margin: the -1 and +1 per output cancel) moves by +-lr on rounding alone, and two exact paths
+    part by that much."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__(module)
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
+
+
 def two_steps(merge: bool) -> tuple[list[dict[str, float]], dict[str, int]]:
     torch.manual_seed(0)
     nets = build(TINY, CHANNELS)
-    passes = {"image": 0, "vgg": 0, "labels alone": 0}
+    passes = {"image": 0, "temporal": 0, "vgg": 0, "labels alone": 0, "label encoder": 0}
     vgg = VGG19Features().eval().requires_grad_(False)  # random weights: the terms' values are what counts
     nets.image_discriminator.register_forward_hook(lambda *_: passes.__setitem__("image", passes["image"] + 1))
+    nets.temporal_discriminator.register_forward_hook(
+        lambda *_: passes.__setitem__("temporal", passes["temporal"] + 1))
     vgg.register_forward_hook(lambda *_: passes.__setitem__("vgg", passes["vgg"] + 1))
     nets.generator.scales[0].first_frame["encoder"].register_forward_hook(
         lambda *_: passes.__setitem__("labels alone", passes["labels alone"] + 1))
-    engines = Engines(AdamEngine(nets.generator),
-                      AdamEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
+    nets.generator.scales[0].label_encoder.register_forward_hook(
+        lambda *_: passes.__setitem__("label encoder", passes["label encoder"] + 1))
+    engines = Engines(SGDEngine(nets.generator),
+                      SGDEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
     settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
                             temporal_scales=1, vgg=vgg, **merged_passes(TINY, merge))
     batch = clips(frames=4, height=16, width=32)
@@ -47,10 +63,15 @@ def test_merged_passes_give_the_losses_of_a_pass_per_set() -> None:
     # hallucinated, label-only) against 1 + 2 merged; VGG: 3 fake and 3 real passes against 1 + 1.
     # Two steps of two chunks, the first chunk of each clip with one frame that has a flow.
     assert (apart_counts["image"], merged_counts["image"]) == (2 * 2 * 8, 2 * 2 * 3)
+    # Temporal windows in the second chunk only (K=3 frames): real and fake in one pass in the D update;
+    # in the G update the real windows are judged without a graph, apart.
+    assert (apart_counts["temporal"], merged_counts["temporal"]) == (2 * 4, 2 * 3)
     assert (apart_counts["vgg"], merged_counts["vgg"]) == (2 * 2 * 6, 2 * 2 * 2)
     # The first-frame networks: the clip's first frame, then a label-only frame per later frame (4) against
     # one pass per chunk, the first frame in the first chunk's pass (2).
     assert (apart_counts["labels alone"], merged_counts["labels alone"]) == (2 * 4, 2 * 2)
+    # The label encoder of frames with a previous frame (1, 2, 3): a pass per frame against one per chunk.
+    assert (apart_counts["label encoder"], merged_counts["label encoder"]) == (2 * 3, 2 * 2)
 
 
 def test_passes_merge_only_where_samples_are_judged_alone() -> None:
@@ -61,6 +82,9 @@ def test_passes_merge_only_where_samples_are_judged_alone() -> None:
 
 def test_the_per_frame_ablation_takes_no_label_only_pass() -> None:
     per_frame = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, per_frame=True))
-    assert merged_passes(TINY) == {"merge_passes": True, "label_only_per_chunk": True}
-    assert merged_passes(per_frame) == {"merge_passes": True, "label_only_per_chunk": False}
+    assert merged_passes(TINY) == {"merge_passes": True, "label_only_per_chunk": True, "labels_per_chunk": True}
+    assert merged_passes(per_frame) == {"merge_passes": True, "label_only_per_chunk": False,
+                                        "labels_per_chunk": False}
+    # Compiled scales take one frame's inputs: no chunk's shared label work there.
+    assert merged_passes(TINY, compiled=True)["labels_per_chunk"] is False
     assert not any(merged_passes(TINY, enabled=False).values())
