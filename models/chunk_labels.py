@@ -82,4 +82,5 @@ class ScaleLabels:
 
     def modulation(self, spade: SPADE, size: Sequence[int]) -> Tensor:
         """``spade``'s gamma and beta for this frame at ``size`` (``SPADE.modulation``)."""
-        return self._chunk.rows(self._index, self._chunk.once(spade, lambda: spade.modulation(self._cond, size)))
+        return self._chunk.rows(self._index, self._chunk.once((spade, tuple(size)),
+                                                             lambda: spade.modulation(self._cond, size)))

@@ -135,6 +135,8 @@ class Generator(nn.Module):
         labels alone decide is computed once for the chunk's frames.
         """
         labels, prev = self._prepare(labels, prev_frames)
+        if chunk is not None and chunk.chunk.batch != labels.shape[0]:
+            raise ValueError(f"chunk of {chunk.chunk.batch} clips for labels of {labels.shape[0]}")
         cond = labels[:, -1]
         batch, _, _, height, width = labels.shape
         labels_flat = labels.reshape(batch, -1, height, width)

@@ -167,10 +167,13 @@ def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start:
     # What the labels alone give for every frame of the chunk, in one pass: the later frames' label-only
     # images, and the clip's first frame when the chunk starts the clip (made that way anyway).
     alone = rollout.labels_alone(clips.labels, range(start, stop)) if per_chunk else None
-    chunk = rollout.chunk(clips.labels, range(start, stop)) if settings.labels_per_chunk else None
+    # The shared label work of the frames that have a previous frame (the clip's first has none).
+    later = range(max(start, 1), stop)
+    chunk = rollout.chunk(clips.labels, later) if settings.labels_per_chunk and later else None
     outs = [rollout.first(clips.labels[:, t], alone[:, 0]) if alone is not None and t == 0
-            else rollout.step(clips.labels[:, t], **with_previous, **({} if chunk is None else {"chunk": chunk.frame(i)}))
-            for i, t in enumerate(range(start, stop))]
+            else rollout.step(clips.labels[:, t], **with_previous,
+                              **({"chunk": chunk.frame(t - later.start)} if chunk is not None and t else {}))
+            for t in range(start, stop)]
     fake = torch.stack([o.image for o in outs], dim=1)
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]  # all but the clip's first frame
     extra = {}

@@ -290,3 +290,7 @@ def test_a_chunk_shares_what_the_labels_alone_decide(scales) -> None:
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
     with pytest.raises(IndexError, match="chunk of 3"):
         Rollout(gen).chunk(labels, [1, 2, 3]).frame(3)
+    one_clip = Rollout(gen)
+    one_clip.step(labels[:1, 0])
+    with pytest.raises(ValueError, match="chunk of 2 clips for labels of 1"):
+        one_clip.step(labels[:1, 1], chunk=Rollout(gen).chunk(labels, [1]).frame(0))
