@@ -36,8 +36,9 @@ try:
     dali = dali.__version__
 except ImportError:
     dali = "not installed"
+card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-      f"deepspeed {deepspeed.__version__}, DALI {dali}, {torch.cuda.get_device_name()}")' \
+      f"deepspeed {deepspeed.__version__}, DALI {dali}, {card}")' \
     2>&1 | grep -v Warning
 failed() { echo "FAILED: $1 (exit $2)"; }
 # Checks 1 and 3 and the loader's GPU test need DALI; a machine without it (no package index, and
