@@ -224,6 +224,8 @@ class Rollout:
     def __init__(self, generator: Generator, forward: Callable[..., GeneratorOutput] | None = None,
                  detach: bool = True, keep_all: bool = False) -> None:
         self.history = generator.cfg.prev_frames
+        self.independent = generator.cfg.per_frame
+        """Every frame is made from its labels alone (the per-frame ablation): no frame reads another."""
         self.forward = forward if forward is not None else generator
         self.detach, self.keep_all = detach, keep_all
         self.labels: list[Tensor] = []
@@ -240,12 +242,14 @@ class Rollout:
         self._keep(out.image)
         return out
 
-    def first(self, labels: Tensor, image: Tensor) -> GeneratorOutput:
+    def take(self, labels: Tensor, image: Tensor) -> GeneratorOutput:
         """Take ``image`` [B, 3, H, W], made from the label maps ``labels`` alone (``labels_alone``, in one
-        pass with later frames), as the clip's first frame: what ``step`` would have made and kept."""
-        if self.images:
-            raise ValueError("Rollout.first takes the clip's first frame, and frames were generated already")
-        self.labels = [labels]
+        pass with other frames), as the next frame: what ``step`` would have made and kept. That is the
+        clip's first frame, or any frame of the per-frame ablation (``independent``)."""
+        if self.images and not self.independent:
+            raise ValueError("Rollout.take takes the clip's first frame (later ones read the frames before "
+                             "them), and frames were generated already")
+        self.labels = (self.labels + [labels])[-(self.history + 1):]
         self._keep(image)
         return GeneratorOutput(image, image, None, None, None)
 

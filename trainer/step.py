@@ -73,7 +73,8 @@ class StepSettings:
     """One image-discriminator pass over every set of frames an update judges, one VGG pass over the
     fake ones (``TrainConfig.merge_passes``, which says when the results are the same)."""
     label_only_per_chunk: bool = False
-    """The label-only frames of a chunk in one generator pass, not one per frame (ditto)."""
+    """The frames of a chunk made from labels alone in one generator pass, not one per frame (ditto): the
+    label-only frames, the clip's first; every frame of the per-frame ablation."""
     labels_per_chunk: bool = False
     """What the labels alone decide in the generator (label encoders, SPADE modulations) in one pass over
     a chunk's frames (``models/chunk_labels.py``; ditto, and not with compiled scales)."""
@@ -98,11 +99,11 @@ def merged_passes(model: ModelConfig, enabled: bool = True, compiled: bool = Fal
     several sets of frames gives what a pass per set would (``models.config.per_sample``). ``compiled``
     (``train.compile``): the generator's scales are compiled for one frame's inputs, which a chunk's
     shared label work is not."""
-    # The per-frame ablation has no label-only frames and no previous ones: every frame is made from
-    # labels alone.
-    generator = enabled and per_sample(model.generator) and not model.generator.per_frame
+    generator = enabled and per_sample(model.generator)
+    # The per-frame ablation makes every frame from labels alone (all in the label-only pass), and has
+    # no frames with a previous one to share label work between.
     return {"merge_passes": enabled and per_sample(model.discriminator), "label_only_per_chunk": generator,
-            "labels_per_chunk": generator and not compiled}
+            "labels_per_chunk": generator and not model.generator.per_frame and not compiled}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -161,19 +162,23 @@ class Chunk:
 
 
 def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start: int, stop: int) -> Chunk:
-    label_only = settings.loss.label_only > 0
-    per_chunk = label_only and settings.label_only_per_chunk
+    label_only = settings.loss.label_only > 0 and not rollout.independent
+    per_chunk = (label_only or rollout.independent) and settings.label_only_per_chunk
     with_previous = {"label_only": True} if label_only and not per_chunk else {}
     # What the labels alone give for every frame of the chunk, in one pass: the later frames' label-only
-    # images, and the clip's first frame when the chunk starts the clip (made that way anyway).
+    # images, and the clip's first frame when the chunk starts the clip (made that way anyway); every
+    # frame of the per-frame ablation.
     alone = rollout.labels_alone(clips.labels, range(start, stop)) if per_chunk else None
     # The shared label work of the frames that have a previous frame (the clip's first has none).
     later = range(max(start, 1), stop)
     chunk = rollout.chunk(clips.labels, later) if settings.labels_per_chunk and later else None
-    outs = [rollout.first(clips.labels[:, t], alone[:, 0]) if alone is not None and t == 0
-            else rollout.step(clips.labels[:, t], **with_previous,
-                              **({"chunk": chunk.frame(t - later.start)} if chunk is not None and t else {}))
-            for t in range(start, stop)]
+    outs = []
+    for t in range(start, stop):
+        if alone is not None and (t == 0 or rollout.independent):
+            outs.append(rollout.take(clips.labels[:, t], alone[:, t - start]))
+        else:
+            shared = {"chunk": chunk.frame(t - later.start)} if chunk is not None and t else {}
+            outs.append(rollout.step(clips.labels[:, t], **with_previous, **shared))
     fake = torch.stack([o.image for o in outs], dim=1)
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]  # all but the clip's first frame
     extra = {}

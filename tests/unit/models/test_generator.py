@@ -236,7 +236,7 @@ def test_detached_history_keeps_per_frame_graphs():
 
 def test_rollout_takes_a_first_frame_made_with_later_label_only_frames() -> None:
     """Rollout.labels_alone makes the first frame and later label-only frames in one pass;
-    Rollout.first keeps the first as ``step`` would have made and kept it."""
+    Rollout.take keeps the first as ``step`` would have made and kept it."""
     torch.manual_seed(0)
     gen = Generator(GeneratorConfig(ngf=8, n_downsample=1, n_blocks=2, spade_hidden=8), 4).eval()
     labels = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 3, 16, 32)), 4).permute(0, 1, 4, 2, 3).float()
@@ -244,14 +244,14 @@ def test_rollout_takes_a_first_frame_made_with_later_label_only_frames() -> None
     made = [stepped.step(labels[:, 0])] + [stepped.step(labels[:, t], label_only=True) for t in (1, 2)]
     given = Rollout(gen)
     alone = given.labels_alone(labels, range(3))
-    first = given.first(labels[:, 0], alone[:, 0])
+    first = given.take(labels[:, 0], alone[:, 0])
     later = [given.step(labels[:, t]) for t in (1, 2)]
     torch.testing.assert_close(first.image, made[0].image, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[:, 1:], torch.stack([o.label_only for o in made[1:]], dim=1), atol=1e-5, rtol=1e-5)
     for a, b in zip(later, made[1:]):
         torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="first frame"):
-        given.first(labels[:, 0], alone[:, 0])
+        given.take(labels[:, 0], alone[:, 0])
 
 
 @pytest.mark.parametrize("scales", [1, 2])

@@ -9,7 +9,7 @@ import torch
 from tiny_training import CHANNELS, TINY, AdamEngine, clips
 
 from models.build import build
-from models.config import DiscriminatorConfig, per_sample
+from models.config import DiscriminatorConfig, ModelConfig, per_sample
 from models.vgg import VGG19Features
 from trainer.engines import Engines
 from trainer.step import Discriminators, StepSettings, _judge, merged_passes, train_batch
@@ -33,24 +33,26 @@ class SGDEngine(AdamEngine):
         super().step()
 
 
-def two_steps(merge: bool, lr: float = 1e-3
+def two_steps(merge: bool, lr: float = 1e-3, model: ModelConfig = TINY
               ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[str, torch.Tensor]]]:
     torch.manual_seed(0)
-    nets = build(TINY, CHANNELS)
-    passes = {"image": 0, "temporal": 0, "vgg": 0, "labels alone": 0, "label encoder": 0}
+    nets = build(model, CHANNELS)
+    passes = {"image": 0, "temporal": 0, "vgg": 0, "labels alone": 0, "label encoder": 0, "generator": 0}
+    nets.generator.register_forward_hook(lambda *_: passes.__setitem__("generator", passes["generator"] + 1))
     vgg = VGG19Features().eval().requires_grad_(False)  # random weights: the terms' values are what counts
     nets.image_discriminator.register_forward_hook(lambda *_: passes.__setitem__("image", passes["image"] + 1))
     nets.temporal_discriminator.register_forward_hook(
         lambda *_: passes.__setitem__("temporal", passes["temporal"] + 1))
     vgg.register_forward_hook(lambda *_: passes.__setitem__("vgg", passes["vgg"] + 1))
-    nets.generator.scales[0].first_frame["encoder"].register_forward_hook(
-        lambda *_: passes.__setitem__("labels alone", passes["labels alone"] + 1))
-    nets.generator.scales[0].label_encoder.register_forward_hook(
-        lambda *_: passes.__setitem__("label encoder", passes["label encoder"] + 1))
+    if not model.generator.per_frame:  # which makes every frame with the label encoder and image decoder
+        nets.generator.scales[0].first_frame["encoder"].register_forward_hook(
+            lambda *_: passes.__setitem__("labels alone", passes["labels alone"] + 1))
+        nets.generator.scales[0].label_encoder.register_forward_hook(
+            lambda *_: passes.__setitem__("label encoder", passes["label encoder"] + 1))
     engines = Engines(SGDEngine(nets.generator, lr),
                       SGDEngine(Discriminators(nets.image_discriminator, nets.temporal_discriminator), lr))
-    settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
-                            temporal_scales=1, vgg=vgg, **merged_passes(TINY, merge))
+    settings = StepSettings(loss=model.loss, frames_per_step=2, temporal_frames=model.discriminator.temporal_frames,
+                            temporal_scales=1, vgg=vgg, **merged_passes(model, merge))
     batch = clips(frames=4, height=16, width=32)
     losses = [result.losses for _ in range(2) for result in train_batch(engines, batch, settings)]
     return losses, passes, engines.discriminator.grads + engines.generator.grads
@@ -109,10 +111,32 @@ def test_passes_merge_only_where_samples_are_judged_alone() -> None:
     assert not per_sample(DiscriminatorConfig(norm="instance", spectral_norm=True))
 
 
-def test_the_per_frame_ablation_takes_no_label_only_pass() -> None:
-    per_frame = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, per_frame=True))
+PER_FRAME = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, per_frame=True))
+
+
+def test_the_per_frame_ablation_makes_a_chunk_in_one_pass() -> None:
+    """Its frames are made from labels alone and read no other frame: a chunk's in one generator pass,
+    with the losses and every update's gradients of a pass per frame (the temporal discriminator on, as in
+    the per_frame_td variant of the quality benchmark)."""
+    apart, apart_counts, apart_grads = two_steps(merge=False, lr=0.0, model=PER_FRAME)
+    merged, merged_counts, merged_grads = two_steps(merge=True, lr=0.0, model=PER_FRAME)
+    assert {"g/temporal_gan", "g/perceptual"} <= set(apart[-1]) and "g/label_only_gan" not in apart[-1]
+    for m, a in zip(merged, apart):
+        assert m.keys() == a.keys()
+        for name in a:
+            assert abs(m[name] - a[name]) <= 1e-5 * max(1.0, abs(a[name])), (name, m[name], a[name])
+    assert len(merged_grads) == len(apart_grads) == 8
+    for index, (m, a) in enumerate(zip(merged_grads, apart_grads)):
+        scale = max(float(g.abs().max()) for g in a.values())
+        for name, grad in a.items():
+            torch.testing.assert_close(m[name], grad, atol=1e-4 * scale, rtol=1e-4, msg=f"update {index}: {name}")
+    # Two steps of two chunks of two frames: a pass per frame against one per chunk.
+    assert (apart_counts["generator"], merged_counts["generator"]) == (2 * 4, 2 * 2)
+
+
+def test_the_per_frame_ablation_shares_no_label_work() -> None:
     assert merged_passes(TINY) == {"merge_passes": True, "label_only_per_chunk": True, "labels_per_chunk": True}
-    assert merged_passes(per_frame) == {"merge_passes": True, "label_only_per_chunk": False,
+    assert merged_passes(PER_FRAME) == {"merge_passes": True, "label_only_per_chunk": True,
                                         "labels_per_chunk": False}
     # Compiled scales take one frame's inputs: no chunk's shared label work there.
     assert merged_passes(TINY, compiled=True)["labels_per_chunk"] is False
