@@ -8,7 +8,9 @@ channels_last inputs, and with ``--compile`` the compiled frame step against the
         --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --no-variants      # the paper model
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
-With ``train.merge_passes`` (on by default) the step is timed once more with a pass per set of frames.
+With ``train.merge_passes`` (on by default) the step is timed once more with a pass per set of frames,
+and with the label flow given (as the trainer's loop computes it, ahead of the step) against the step
+computing it (one copy to the host and back, and OpenCV, while the GPU waits).
 ``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
 fp32 at 64x32 with one timed step: ``tests/integration/test_benchmark_gpu_step.py`` runs it, so that the
 script works when a session finally has a GPU for it (GPU time is lent for minutes at a time).
@@ -35,6 +37,7 @@ from dataio.config import DataConfig  # noqa: E402
 from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
+from models.label_flow import clip_label_flows  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer import distributed as dist  # noqa: E402
 from trainer import engines  # noqa: E402
@@ -210,6 +213,16 @@ def main() -> None:
         took = median_step(batch, apart)
         print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
               f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
+    if generator.label_prior:  # the trainer's loop computes it for the next batch while this one trains
+        sync()
+        started = time.perf_counter()
+        ahead = dataclasses.replace(batch, label_flow=clip_label_flows(batch.labels))
+        sync()
+        flows = time.perf_counter() - started
+        took = median_step(ahead)
+        print(f"label flow computed ahead (trainer.batches.prepared): {took * 1000:.0f} ms per step against "
+              f"{base * 1000:.0f} ms computing it in the step: {base / took:.2f}x faster (the flow alone "
+              f"{flows * 1000:.0f} ms on the host)", flush=True)
     if args.compile:  # last: compiling changes the generator for good
         generator.compile_frame_step(args.compile, backend=args.compile_backend)
         compiled = dataclasses.replace(settings, **merged_passes(model, compiled=True))  # as the trainer sets it

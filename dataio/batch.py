@@ -37,3 +37,6 @@ class ClipBatch:
     keys: list[str]
     draws: list[Draw]
     """The window start, crop box and flip of each clip (for logs and checks)."""
+    label_flow: torch.Tensor | None = None
+    """float32 [B, T-1, 2, H, W]: the flow prior of each frame after the first, from the label maps
+    (``models/label_flow.py``), where the trainer computed it ahead of the step (``trainer/batches.py``)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from models.chunk_labels import ChunkLabels, FrameLabels
 from models.config import GeneratorConfig
-from models.label_flow import label_flow
+from models.label_flow import clip_label_flows, label_flow
 from models.scales import IMAGE_CHANNELS, GeneratorScale, ScaleResult
 from models.warp import warp
 
@@ -116,13 +116,20 @@ class Generator(nn.Module):
         for scale in self.scales:
             scale.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
 
+    @property
+    def label_prior(self) -> bool:
+        """Whether a frame with a previous one warps by the label flow plus a correction (``flow_prior:
+        labels``), which ``forward`` takes as ``prior`` or computes."""
+        return self.cfg.flow_prior == "labels" and not self.cfg.per_frame
+
     def divisor(self) -> int:
         """Height and width of the input must be multiples of this."""
         return 2 ** (self.cfg.n_downsample + self._active - 1)
 
     # -- one frame -----------------------------------------------------------------------------
     def forward(self, labels: Tensor, prev_frames: Tensor | None = None, label_only: bool = False,
-                flow: Tensor | None = None, chunk: FrameLabels | None = None) -> GeneratorOutput:
+                flow: Tensor | None = None, chunk: FrameLabels | None = None,
+                prior: Tensor | None = None) -> GeneratorOutput:
         """Generate frame t.
 
         ``labels`` [B, n, C, H, W]: label maps of frames t-n+1..t (n <= L+1; fewer at the start of
@@ -132,7 +139,8 @@ class Generator(nn.Module):
         trainer trains the first frame's path on every frame with it). ``flow`` [B, 2, H, W]: warp with
         this flow instead of the predicted one (a diagnostic: the same generator with a perfect flow).
         ``chunk``: ``labels`` as one frame of a chunk (``models/chunk_labels.py``, the trainer's): what the
-        labels alone decide is computed once for the chunk's frames.
+        labels alone decide is computed once for the chunk's frames. ``prior`` [B, 2, H, W]: this frame's
+        label flow (``flow_prior: labels``), computed ahead for its clip (``Rollout.label_priors``).
         """
         labels, prev = self._prepare(labels, prev_frames)
         if chunk is not None and chunk.chunk.batch != labels.shape[0]:
@@ -156,7 +164,7 @@ class Generator(nn.Module):
         if flow is not None:
             used = flow
         elif self.cfg.flow_prior == "labels":
-            used = label_flow(labels[:, -1], labels[:, -2]) + result.flow
+            used = (label_flow(labels[:, -1], labels[:, -2]) if prior is None else prior) + result.flow
         else:
             used = result.flow
         warped = warp(prev[:, -1], used)
@@ -226,6 +234,7 @@ class Rollout:
         self.history = generator.cfg.prev_frames
         self.independent = generator.cfg.per_frame
         """Every frame is made from its labels alone (the per-frame ablation): no frame reads another."""
+        self.label_prior = generator.label_prior
         self.forward = forward if forward is not None else generator
         self.detach, self.keep_all = detach, keep_all
         self.labels: list[Tensor] = []
@@ -234,7 +243,8 @@ class Rollout:
 
     def step(self, labels: Tensor, **with_previous: Any) -> GeneratorOutput:
         """The next frame from its label maps [B, C, H, W]. ``with_previous`` go to the generator only
-        when there is a previous frame (``flow``, ``label_only``: the first frame has neither)."""
+        when there is a previous frame (``flow``, ``label_only``, ``chunk``, ``prior``: the first frame has
+        neither)."""
         self.labels = (self.labels + [labels])[-(self.history + 1):]
         previous = self.images[-self.history:] if self.history else []
         prev = torch.stack(previous, dim=1) if previous else None
@@ -272,6 +282,13 @@ class Rollout:
         chunk=chunk.frame(i))`` for the i-th of them computes what the labels alone decide once for all."""
         return ChunkLabels(self.label_stacks(labels, frames))
 
+    def label_priors(self, labels: Tensor) -> Tensor | None:
+        """The label flow of each frame of clips [B, T, C, H, W] after the first [B, T-1, 2, H, W] (frame
+        t's at t-1), for ``step(..., prior=...)``, or None where the generator takes none. The same flows
+        as the generator's own frame by frame, with one copy to the host and back for the clip: a GPU
+        frame loop that computed them per frame would wait on the host at every frame."""
+        return clip_label_flows(labels) if self.label_prior else None
+
     def label_stacks(self, labels: Tensor, frames: Sequence[int]) -> Tensor:
         """The label maps ``step`` reads for each of frames ``frames`` [B, len(frames), L+1, C, H, W]."""
         n = self.history + 1
@@ -287,7 +304,9 @@ def generate_clip(generator: Generator, labels: Tensor, detach_prev: bool = True
     ``flow`` [B, T, 2, H, W]: warp with it instead of the predicted flow (see ``Generator.forward``).
     """
     rollout = Rollout(generator, detach=detach_prev)
-    return _stack([rollout.step(labels[:, t], **({} if flow is None else {"flow": flow[:, t]}))
+    priors = rollout.label_priors(labels) if flow is None else None
+    return _stack([rollout.step(labels[:, t], **({"flow": flow[:, t]} if flow is not None else
+                                                  {"prior": priors[:, t - 1]} if priors is not None and t else {}))
                    for t in range(labels.shape[1])])
 
 

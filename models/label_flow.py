@@ -34,25 +34,36 @@ MAX_WIDTH = 512
 def label_flow(current: Tensor, previous: Tensor) -> Tensor:
     """Flow [B, 2, H, W] (pixels, frame t -> t-1, ``current(p) ~ previous(p + flow(p))``) between the
     label inputs ``current`` and ``previous`` [B, C, H, W] of frames t and t-1."""
-    height, width = current.shape[-2:]
-    if current.device.type == "meta":  # shapes only (building and sizing models without memory)
-        return current.new_zeros(current.shape[0], 2, height, width)
+    return clip_label_flows(torch.stack([previous, current], dim=1))[:, 0]
+
+
+def clip_label_flows(labels: Tensor) -> Tensor:
+    """The flow of every frame of clips [B, T, C, H, W] to the frame before it, [B, T-1, 2, H, W]: entry
+    t-1 is ``label_flow(labels[:, t], labels[:, t-1])``. One copy to the host and one back for the whole
+    clip: a frame loop on a GPU that asks ``label_flow`` frame by frame waits on the host every frame."""
+    batch, frames = labels.shape[:2]
+    height, width = labels.shape[-2:]
+    if labels.device.type == "meta" or frames < 2:  # meta: shapes only (sizing models without memory)
+        return labels.new_zeros(batch, max(0, frames - 1), 2, height, width)
     scale = min(1.0, MAX_WIDTH / width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    pair = torch.stack([current, previous], dim=1).detach()
+    images = labels.detach().flatten(0, 1)
     if size != (height, width):
-        pair = F.interpolate(pair.flatten(0, 1), size=size, mode="nearest").unflatten(0, pair.shape[:2])
-    pair = pair.float()  # after the resize: label planes may come as uint8 (models/stripes.py)
-    grey = _grey(pair).cpu().numpy()
+        images = F.interpolate(images, size=size, mode="nearest")
+    images = images.float()  # after the resize: label planes may come as uint8 (models/stripes.py)
+    grey = _grey(images).unflatten(0, (batch, frames)).cpu().numpy()
     # A fresh DIS object per pair (0.05 ms): one that has seen other images returns a flow up to
     # 0.08 px different for the same pair, and a resumed run must repeat the uninterrupted one exactly.
-    flows = np.stack([cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(g[0], g[1], None)
-                      for g in grey])  # [B, h, w, 2]
-    flow = torch.from_numpy(flows).permute(0, 3, 1, 2).to(current.device)
+    flows = np.stack([cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(clip[t], clip[t - 1], None)
+                      for clip in grey for t in range(1, frames)])  # [B * (T-1), h, w, 2]
+    # Laid out [N, 2, h, w] on the host: a channels-last flow would make the ops that take it choose
+    # another memory layout for their outputs, and their reductions another summation order.
+    flow = torch.from_numpy(flows).permute(0, 3, 1, 2).contiguous().to(labels.device)
     if size != (height, width):
         flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
         flow = flow * torch.tensor([width / size[1], height / size[0]], device=flow.device).view(1, 2, 1, 1)
-    return flow.to(current.dtype) if current.is_floating_point() else flow
+    flow = flow.unflatten(0, (batch, frames - 1))
+    return flow.to(labels.dtype) if labels.is_floating_point() else flow
 
 
 def _grey(labels: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 from models.build import build as build_networks
 from trainer import checkpoint, distributed as dist, engines
 from trainer.average import WeightAverage
-from trainer.batches import TimeBudget, agreed_batches, on_device
+from trainer.batches import TimeBudget, agreed_batches, prepared
 from trainer.checkpoint import CheckpointHook, Checkpointer, Progress
 from trainer.config import Config
 from trainer.config_tree import flatten, to_dict
@@ -164,11 +164,11 @@ class _Run:
     def train_epoch(self, epoch: int) -> None:
         cfg, progress = self.cfg, self.progress
         skip = progress.batch if epoch == progress.epoch else 0
-        for index, batch in enumerate(agreed_batches(self.loader, cfg.train.steps_per_epoch, self.budget)):
+        batches = prepared(self.loader, self.device, self.generator.label_prior, skip)
+        for index, batch in enumerate(agreed_batches(batches, cfg.train.steps_per_epoch, self.budget)):
             if index < skip:
                 continue  # resumed mid-epoch: these batches were trained before the checkpoint
             started = time.perf_counter()
-            batch = on_device(batch, self.device)
             results = train_batch(self.engines, batch, self.settings)
             progress.batch = index + 1
             self.frames_per_s = batch.rgb.shape[0] * batch.rgb.shape[1] * self.world / (time.perf_counter() - started)

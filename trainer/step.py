@@ -129,9 +129,13 @@ def train_batch(engines: Engines, batch: ClipBatch, settings: StepSettings) -> l
     frames = clips.rgb.shape[1]
     # Every output of the clip so far, detached, across chunks: the temporal windows reach back.
     rollout = Rollout(engines.generator.module, forward=engines.generator, keep_all=True)
+    # The host's share of the frame loop, once per batch: computed ahead by the training loop, or here.
+    # From the label maps as loaded either way (not cast), so that both give the same flows.
+    priors = batch.label_flow if batch.label_flow is not None else rollout.label_priors(batch.labels)
+    priors = None if priors is None or not rollout.label_prior else priors.to(settings.dtype)
     results = []
     for start in range(0, frames, settings.frames_per_step):
-        chunk = _generate(settings, clips, rollout, start, min(frames, start + settings.frames_per_step))
+        chunk = _generate(settings, clips, rollout, start, min(frames, start + settings.frames_per_step), priors)
         losses, bad = _update_discriminator(engines.discriminator, settings, chunk)
         if not bad:
             g_losses, bad = _update_generator(engines, settings, chunk)
@@ -161,7 +165,8 @@ class Chunk:
         return self.real.shape[1]
 
 
-def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start: int, stop: int) -> Chunk:
+def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start: int, stop: int,
+              priors: Tensor | None) -> Chunk:
     label_only = settings.loss.label_only > 0 and not rollout.independent
     per_chunk = (label_only or rollout.independent) and settings.label_only_per_chunk
     with_previous = {"label_only": True} if label_only and not per_chunk else {}
@@ -177,8 +182,10 @@ def _generate(settings: StepSettings, clips: ClipBatch, rollout: Rollout, start:
         if alone is not None and (t == 0 or rollout.independent):
             outs.append(rollout.take(clips.labels[:, t], alone[:, t - start]))
         else:
-            shared = {"chunk": chunk.frame(t - later.start)} if chunk is not None and t else {}
-            outs.append(rollout.step(clips.labels[:, t], **with_previous, **shared))
+            ahead = {"chunk": chunk.frame(t - later.start)} if chunk is not None and t else {}
+            if priors is not None and t:
+                ahead["prior"] = priors[:, t - 1]
+            outs.append(rollout.step(clips.labels[:, t], **with_previous, **ahead))
     fake = torch.stack([o.image for o in outs], dim=1)
     with_flow = [i for i, o in enumerate(outs) if o.flow is not None]  # all but the clip's first frame
     extra = {}

@@ -88,3 +88,36 @@ def test_the_label_flow_error_benchmark_runs_as_documented():
     ratios = dict(re.findall(r"^  (\w+(?: DIS)?) +end-point error [\d.]+ px  \(([\d.]+)x zero", out, re.M))
     assert set(ratios) == {"zero", "nearest", "area", "packed", "real DIS"}
     assert float(ratios["zero"]) == 1.0 and float(ratios["real DIS"]) < 0.6
+
+
+@pytest.mark.parametrize("max_width", [512, 64])
+def test_a_clips_label_flows_are_those_of_its_frame_pairs(monkeypatch: pytest.MonkeyPatch, max_width: int) -> None:
+    """``clip_label_flows``: every frame's flow to the one before it in one call (one copy to the host
+    and back), exactly what ``label_flow`` gives pair by pair; 64 wide: estimated at half size."""
+    monkeypatch.setattr(lf, "MAX_WIDTH", max_width)
+    clip = torch.stack([torch.cat([scene(2 * t), scene(5 - t)]) for t in range(4)], dim=1)  # [2, 4, C, 64, 128]
+    flows = lf.clip_label_flows(clip)
+    assert flows.shape == (2, 3, 2, 64, 128) and flows.abs().max() > 1
+    for t in range(1, 4):
+        assert torch.equal(flows[:, t - 1], lf.label_flow(clip[:, t], clip[:, t - 1]))
+    assert lf.clip_label_flows(clip[:, :1]).shape == (2, 0, 2, 64, 128)
+
+
+def test_a_clip_is_generated_with_its_label_flows_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``generate_clip`` and the trainer's step ask for the clip's label flows once, not once per frame,
+    and make what a flow per frame makes."""
+    import models.generator as generator_module
+    from models.generator import generate_clip
+
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig(ngf=8, n_downsample=2, n_blocks=2, n_blocks_local=1, spade_hidden=8),
+                    CLASSES).eval()
+    labels = torch.stack([scene(2 * t) for t in range(4)], dim=1)
+    with torch.no_grad():
+        ahead = generate_clip(gen, labels)
+        calls = []
+        monkeypatch.setattr(generator_module, "clip_label_flows", lambda x: calls.append(x) or None)
+        monkeypatch.setattr(generator_module.Rollout, "label_priors", lambda self, x: None)
+        per_frame = generate_clip(gen, labels)
+    assert ahead.flow.abs().max() > 1 and not calls
+    assert torch.equal(ahead.images, per_frame.images) and torch.equal(ahead.flow, per_frame.flow)

@@ -162,3 +162,27 @@ def test_one_temporal_pass_gives_each_windows_outputs() -> None:
             for d_merged, d_apart in zip(scale_merged, scale_apart):  # spatial scales
                 for x_merged, x_apart in zip(d_merged, d_apart):  # features, logits last
                     torch.testing.assert_close(x_merged.flatten(0, 1), x_apart, atol=1e-5, rtol=1e-5)
+
+
+def test_the_step_computes_a_batchs_label_flows_once(monkeypatch) -> None:
+    """The flow prior of every frame in one call per batch (a GPU step waits on the host once, not at
+    every frame), with the losses of a flow per frame."""
+    import models.generator as generator_module
+    import models.label_flow as label_flow_module
+
+    calls = []
+
+    def counted(name):
+        def call(*labels):
+            calls.append(name)
+            return getattr(label_flow_module, name)(*labels)
+        return call
+    for name in ("clip_label_flows", "label_flow"):
+        monkeypatch.setattr(generator_module, name, counted(name))
+    ahead, _, _ = two_steps(merge=True, lr=0.0)
+    assert calls == ["clip_label_flows"] * 2  # two steps: one call each, none per frame
+    calls.clear()
+    monkeypatch.setattr(generator_module.Rollout, "label_priors", lambda self, labels: None)
+    per_frame, _, _ = two_steps(merge=True, lr=0.0)
+    assert calls == ["label_flow"] * 2 * 3  # frames 1, 2 and 3 of each step, one by one
+    assert ahead == per_frame
