@@ -290,8 +290,9 @@ class Rollout:
         return clip_label_flows(labels) if self.label_prior else None
 
     def label_stacks(self, labels: Tensor, frames: Sequence[int]) -> Tensor:
-        """The label maps ``step`` reads for each of frames ``frames`` [B, len(frames), L+1, C, H, W]."""
-        n = self.history + 1
+        """The label maps the generator reads for each of frames ``frames`` [B, len(frames), n, C, H, W]:
+        L+1 of them, or the frame's own alone (n = 1) in the per-frame ablation."""
+        n = 1 if self.independent else self.history + 1
         return torch.stack([_left_pad(labels[:, max(0, t + 1 - n):t + 1], n) for t in frames], dim=1)
 
 
