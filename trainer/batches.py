@@ -91,9 +91,10 @@ def prepared(batches: Iterable[Any], device: torch.device, label_flow: bool, ski
     caller trains on the one before. The first ``skip`` (a resumed epoch's, trained before the
     checkpoint) pass through as they are.
 
-    The label flow is OpenCV's on the host (``models/label_flow.py``; 0.15 s for 4 clips of 4 frames at
-    512x256 on 2 cores): inside the step, a GPU would wait for it every step. OpenCV releases the GIL
-    while it computes, so the caller's Python keeps launching work meanwhile.
+    The label flow is OpenCV's on the host (``models/label_flow.py``: 14 ms per 512x256 pair on one core,
+    about 0.17 s for 4 clips of 4 frames): inside the step, a GPU would wait for it every step. OpenCV
+    releases the GIL while it computes, so the caller's Python keeps launching work meanwhile. For a GPU
+    step: on the CPU the step's own threads take every core, and this one beside them slows it.
     """
     def prepare(batch):
         flows = clip_label_flows(batch.labels) if label_flow else None

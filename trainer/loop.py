@@ -164,7 +164,11 @@ class _Run:
     def train_epoch(self, epoch: int) -> None:
         cfg, progress = self.cfg, self.progress
         skip = progress.batch if epoch == progress.epoch else 0
-        batches = prepared(self.loader, self.device, self.generator.label_prior, skip)
+        # The label flow ahead, in a thread: on a GPU the host is otherwise idle while the step runs; on
+        # the CPU the step's threads take every core, and OpenCV's beside them slowed training (then
+        # the step computes it, once per batch).
+        ahead = self.generator.label_prior and self.device.type != "cpu"
+        batches = prepared(self.loader, self.device, ahead, skip)
         for index, batch in enumerate(agreed_batches(batches, cfg.train.steps_per_epoch, self.budget)):
             if index < skip:
                 continue  # resumed mid-epoch: these batches were trained before the checkpoint
