@@ -16,7 +16,7 @@
 # 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL (benchmarks/gpu_step.py): step time, peak memory,
 #    FLOP/s as a fraction of this card's measured bf16 matmul peak, with cudnn.benchmark off and on; the
 #    GPU's kernel time against the step's (a profile), and per-sample time at 4x the batch and with
-#    channels_last inputs, and the compiled frame step (train.compile) against eager. Then the paper
+#    channels_last inputs, and the compiled step (train.compile) against eager. Then the paper
 #    model (configs/paper.yaml, two scales at 1024x512, one clip).
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
@@ -137,7 +137,8 @@ fi
 if want 2; then
 echo "== 2. one bf16 ZeRO-2 GAN step on one GPU (NCCL): the default model at 512x256, then the paper model at 1024x512"
 # benchmarks/gpu_step.py (tested on the CPU with --smoke): the trainer's own step over real engines.
-# Last in that run, the generator's frame step compiled with CUDA graphs against eager (compiling: minutes).
+# Last in that run, the step compiled as train.compile does (the generator's scales and the discriminators)
+# with CUDA graphs, against eager (compiling: minutes).
 timeout 420 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py --compile reduce-overhead \
     || failed "2. step" $?
 timeout 300 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \

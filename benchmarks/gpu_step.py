@@ -1,7 +1,8 @@
 """One GAN step of the trainer (``trainer.step.train_batch``, real DeepSpeed engines) on one GPU: step
 time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak, and where the time
 goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
-channels_last inputs, and with ``--compile`` the compiled frame step against the eager one.
+channels_last inputs, and with ``--compile`` the compiled step (``train.compile``: the generator's scales and
+the discriminators) against the eager one.
 
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \\
@@ -37,6 +38,7 @@ from dataio.config import DataConfig  # noqa: E402
 from dataio.batch import ClipBatch  # noqa: E402
 from models.build import build, count_parameters, label_channels  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
+from models.discriminators import compile_discriminators  # noqa: E402
 from models.label_flow import clip_label_flows  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer import distributed as dist  # noqa: E402
@@ -66,7 +68,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--no-variants", action="store_true", help="skip the 4x batch and channels_last runs")
     parser.add_argument("--compile", metavar="MODE", choices=["default", "reduce-overhead", "max-autotune"],
-                        help="then compile the generator's frame step (train.compile) and time it against eager")
+                        help="then compile the step as train.compile does (the generator's scales, the "
+                             "discriminators) and time it against eager")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of --compile (aot_eager: the capture without code generation)")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 64x32, one timed step")
@@ -223,17 +226,19 @@ def main() -> None:
         print(f"label flow computed ahead (trainer.batches.prepared): {took * 1000:.0f} ms per step against "
               f"{base * 1000:.0f} ms computing it in the step: {base / took:.2f}x faster (the flow alone "
               f"{flows * 1000:.0f} ms on the host)", flush=True)
-    if args.compile:  # last: compiling changes the generator for good
-        generator.compile_frame_step(args.compile, backend=args.compile_backend)
+    if args.compile:  # last: compiling changes the networks for good
+        generator.compile_frame_step(args.compile, backend=args.compile_backend)  # as the trainer does
+        compile_discriminators(pair.discriminator.module, args.compile, backend=args.compile_backend)
         compiled = dataclasses.replace(settings, **merged_passes(model, compiled=True))  # as the trainer sets it
         started = time.perf_counter()
-        train_batch(pair, batch, compiled)  # compiles each graph of the step (first frame, later frames)
+        train_batch(pair, batch, compiled)  # compiles each graph of the step (frames, updates, chunks)
         sync()
         compiling = time.perf_counter() - started
         took = median_step(batch, compiled)
-        print(f"compiled frame step (train.compile={args.compile}, {args.compile_backend}): {took * 1000:.0f} ms "
-              f"per step against eager's {base * 1000:.0f} ms: {base / took:.2f}x faster "
-              f"(compiling took {compiling:.0f} s)", flush=True)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        print(f"compiled step (train.compile={args.compile}, {args.compile_backend}: the generator's scales and the "
+              f"discriminators, {graphs} graphs): {took * 1000:.0f} ms per step against eager's {base * 1000:.0f} ms: "
+              f"{base / took:.2f}x faster (compiling took {compiling:.0f} s)", flush=True)
     pair.destroy()
     dist.exit_process(0)
 

@@ -7,14 +7,16 @@ ones. The temporal discriminator returns one such list per temporal scale it cou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.norms import BatchNorm2d, InstanceNorm2d
+from models.compiling import compile_each
 from models.config import DiscriminatorConfig
 from models.layers import conv_factory
+from models.norms import BatchNorm2d, InstanceNorm2d
 from models.scales import IMAGE_CHANNELS
 from models.warp import compose_flows
 
@@ -50,6 +52,15 @@ class PatchDiscriminator(nn.Module):
             x = layer(x)
             features.append(x)
         return features
+
+
+def compile_discriminators(module: nn.Module, mode: str = "default", backend: str | Callable = "inductor") -> None:
+    """Compile every PatchGAN in ``module`` in place (``train.compile``): the layers between the
+    pooling and the windows, which stay eager. Each sees several batch sizes (the D and the G update
+    judge different sets of frames; a clip's first chunk has no extra frames to judge), with trainable
+    or frozen weights (the G update freezes them), at a size per stage."""
+    compile_each([m for m in module.modules() if isinstance(m, PatchDiscriminator)], mode, backend,
+                 variants=64)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

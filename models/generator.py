@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.chunk_labels import ChunkLabels, FrameLabels
+from models.compiling import compile_each
 from models.config import GeneratorConfig
 from models.label_flow import clip_label_flows, label_flow
 from models.scales import IMAGE_CHANNELS, GeneratorScale, ScaleResult
@@ -102,19 +103,12 @@ class Generator(nn.Module):
                 for head in scale.heads():
                     head.requires_grad_(False)
 
-    def compile_frame_step(self, mode: str = "default", backend: str = "inductor") -> None:
+    def compile_frame_step(self, mode: str = "default", backend: str | Callable = "inductor") -> None:
         """Compile each scale's networks in place (``torch.compile``, fixed shapes): the frame step
-        without the OpenCV flow prior, which would break the graph. Parameter names and state dicts are
-        unchanged (``nn.Module.compile`` compiles the call, not the module)."""
-        import torch._dynamo
-
-        # Every scale module shares one code object, and each of them sees up to 16 input variants
-        # (first frame or not, label-only path, training or no_grad, coarser features or none, and a
-        # size per stage): past dynamo's default limit of 8 it runs eagerly, with only a logged warning.
-        limit = 16 * len(self.scales) ** 2
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-        for scale in self.scales:
-            scale.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
+        without the OpenCV flow prior, which would break the graph."""
+        # Each scale sees up to 16 input variants (first frame or not, label-only path, training or
+        # no_grad, coarser features or none, and a size per stage).
+        compile_each(self.scales, mode, backend, variants=16 * len(self.scales))
 
     @property
     def label_prior(self) -> bool:

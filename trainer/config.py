@@ -89,11 +89,12 @@ class TrainConfig:
     at equal training time (benchmarks/quality.py)."""
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     """``torch.compile`` mode of the generator's frame step (each scale's networks; the flow prior and
-    the warp between them stay eager): fewer, fused kernels per frame. Each new input shape compiles
-    once more (the first frame, the label-only path, a stage change, evaluation), which costs minutes
-    at the start of a run on a CPU, where it did not make the step faster; it is meant for GPUs, where
-    ``reduce-overhead`` adds CUDA graphs (1.34x faster steps on an H200 after 195 s of compiling).
-    ``off``: eager (docs/performance.md has the measurements)."""
+    the warp between them stay eager) and of the discriminators (each PatchGAN; the pooling and the
+    temporal windows stay eager): fewer, fused kernels. Each new input shape compiles once more (the
+    first frame, the label-only path, each update's set of frames, a stage change, evaluation), which
+    costs minutes at the start of a run on a CPU, where it did not make the step faster; it is meant
+    for GPUs, where ``reduce-overhead`` adds CUDA graphs (1.34x faster steps on an H200 after 195 s of
+    compiling, the generator alone). ``off``: eager (docs/performance.md has the measurements)."""
     merge_passes: bool = True
     """One image-discriminator pass over every set of frames an update judges (real, output, raw
     hallucinated and label-only frames: four passes in the D update, three in the G update), one

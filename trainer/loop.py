@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from models.build import build as build_networks
+from models.discriminators import compile_discriminators
 from trainer import checkpoint, distributed as dist, engines
 from trainer.average import WeightAverage
 from trainer.batches import TimeBudget, agreed_batches, prepared
@@ -104,9 +105,10 @@ class _Run:
         self.loader_shape = (first.height, first.width, first.frames)
         nets = build_networks(cfg.model, self.loader.label_channels)  # a property of the shards, not the config
         self.generator = nets.generator
+        self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
         if cfg.train.compile != "off":
             self.generator.compile_frame_step(cfg.train.compile)
-        self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
+            compile_discriminators(self.discriminators, cfg.train.compile)
         self.average = WeightAverage(cfg.train.weight_average)
         self.settings = StepSettings.of(cfg, nets, self.device, on_generator_update=lambda: self.average.update(
             self.generator))
