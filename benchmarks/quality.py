@@ -137,12 +137,22 @@ def prepare_data(config: str, overrides: list[str]) -> None:
             sys.exit(f"{Path.cwd()} holds data made with other data.synth/data.pack settings: use a new --out")
         return
     started = time.perf_counter()
-    synth.generate(cfg.data.synth)
+    if synthetic(cfg):
+        synth.generate(cfg.data.synth)
+    elif not Path(cfg.data.pack.source).is_dir():
+        sys.exit(f"data.pack.source={cfg.data.pack.source}: no such folder under {Path.cwd()} (real footage: "
+                 f"benchmarks/edge_pairs.py writes one)")
     pack.pack(cfg.data, progress=False)
     stamp.write_text(settings)
     manifest = read_manifest(cfg.data.shards)
     print(f"data: {manifest.samples('train')} train / {manifest.samples('val')} val clips of "
           f"{manifest.clip_frames} frames ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def synthetic(cfg) -> bool:
+    """Whether the benchmark's data is ``dataio.synth``'s (with its exact flow and disocclusions) rather
+    than footage given as ``data.pack.source``."""
+    return Path(cfg.data.pack.source).resolve() == Path(cfg.data.synth.out).resolve()
 
 
 def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespace, threads: int) -> dict:
@@ -222,7 +232,10 @@ def score(run: Path, config: str, overrides: list[str]) -> None:
 
 def diagnostics(cfg, run: Path) -> dict:
     """flow_diagnostics over the held-out clips, generated from labels alone at the eval size, with the
-    exact flow and disocclusions of the synthetic sequences they were packed from."""
+    exact flow and disocclusions of the synthetic sequences they were packed from; on footage, which has
+    no such truth, the PSNR of each frame index only."""
+    if not synthetic(cfg):
+        return {"psnr_by_frame": psnr_by_frame(cfg, run)}
     import dataclasses
 
     import numpy as np
@@ -296,6 +309,33 @@ def diagnostics(cfg, run: Path) -> dict:
     return result
 
 
+def psnr_by_frame(cfg, run: Path) -> list[float]:
+    """The held-out clips' mean PSNR at each frame index, generated from labels alone at the eval size."""
+    import dataclasses
+
+    import torch
+
+    from cluster.registry import load_video_model
+    from dataio.loader import build_loader
+    from dataio.manifest import read_manifest
+    from models.generator import generate_clip
+    from models.metrics import psnr
+
+    net = load_video_model(str(run), "cpu")
+    frames = cfg.eval.frames or read_manifest(cfg.data.shards).clip_frames
+    data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
+    loader = build_loader(data, cfg.eval.height, cfg.eval.width, frames, split=cfg.eval.split, augment=False)
+    total, clips = torch.zeros(frames, dtype=torch.float64), 0
+    try:
+        for batch in loader:
+            with torch.no_grad():
+                total += psnr(generate_clip(net.generator, batch.labels).images, batch.rgb).sum(dim=0)
+            clips += batch.rgb.shape[0]
+    finally:
+        loader.close()
+    return (total / clips).tolist()
+
+
 def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
     """Per variant: mean and spread over seeds, the mean learning curve and its second-half trend."""
     variants: dict[str, dict] = {}
@@ -306,7 +346,8 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
                      "l1_output", "flow_epe_visible", "zero_flow_epe_visible", "target_flow_warp_ratio",
                      "target_flow_psnr", "target_flow_epe_visible", "label_flow_warp_ratio", "label_flow_psnr",
                      "label_flow_epe_visible")
-        stats.update({key: _spread([row["diagnostics"][key] for row in runs]) for key in diag_keys})
+        stats.update({key: _spread([row["diagnostics"][key] for row in runs]) for key in diag_keys
+                      if all(key in row["diagnostics"] for row in runs)})  # footage: no ground truth
         by_frame = [row["diagnostics"]["psnr_by_frame"] for row in runs]
         stats["psnr_by_frame"] = [statistics.fmean(values) for values in zip(*by_frame)]
         curve = _mean_curve([row["curve"] for row in runs])
@@ -364,14 +405,15 @@ def print_report(rows: list[dict], summary: dict, args: argparse.Namespace) -> N
           f"{'L1 h':>6} {'L1 warp':>7} {'EPE':>5}")
     for row in rows:
         d = row["diagnostics"]
+        truth = (f" {d['mask_disoccluded']:>6.3f} {d['mask_visible']:>6.3f} {d['l1_hallucinated']:>6.3f} "
+                 f"{d['l1_warped']:>7.3f} {d['flow_epe_visible']:>5.2f}") if "mask_visible" in d else ""
         print(f"{row['variant'] + '-seed' + str(row['seed']):<28} {row['steps']:>6} {row['psnr']:>8.2f} "
-              f"{row['ssim']:>7.4f} {row['warp_ratio']:>7.3f} {d['mask_disoccluded']:>6.3f} {d['mask_visible']:>6.3f} "
-              f"{d['l1_hallucinated']:>6.3f} {d['l1_warped']:>7.3f} {d['flow_epe_visible']:>5.2f}")
+              f"{row['ssim']:>7.4f} {row['warp_ratio']:>7.3f}{truth}")
     print("\nper variant, mean +- sd over seeds [min, max]")
     for name, v in summary["variants"].items():
         print(f"{name:<22} steps {v['steps']['mean']:>6.0f}  PSNR {_fmt(v['psnr'], 2)}  SSIM {_fmt(v['ssim'], 4)}  "
               f"ratio {_fmt(v['warp_ratio'], 3)}")
-        if not name.startswith("per_frame"):
+        if not name.startswith("per_frame") and "mask_visible" in v:  # synthetic data's ground truth
             print(f"{'':<22} mask new/seen {v['mask_disoccluded']['mean']:.3f}/{v['mask_visible']['mean']:.3f} "
                   f"({v['mask_ratio']['mean']:.1f}x)  L1 h {v['l1_hallucinated']['mean']:.4f}  "
                   f"L1 warped {v['l1_warped']['mean']:.4f}  L1 output {v['l1_output']['mean']:.4f}  "
