@@ -8,7 +8,7 @@ on black, the same in three channels), as vid2vid's edge-to-face task draws them
 The edges flicker from frame to frame as real edge detectors do; the camera, the motion and the
 texture are the video's own, not a procedural scene's.
 
-    .venv/bin/python benchmarks/edge_pairs.py ../shared/data/bbb_180_10s_vp9.webm ../shared/data/flower.webm \\
+    .venv/bin/python benchmarks/edge_pairs.py tests/data/bbb_180_10s_vp9.webm tests/data/flower.webm \\
         --out bench/quality-edges/edges
 """
 from __future__ import annotations
@@ -32,11 +32,15 @@ def edges(frame: np.ndarray, low: int, high: int) -> np.ndarray:
     return np.repeat(cv2.Canny(grey, low, high)[:, :, None], 3, axis=2)
 
 
-def write_pairs(video: Path, out: Path, frames: int, size: tuple[int, int], low: int, high: int) -> int:
-    """Sequences of ``frames`` frames from ``video`` under ``out``; a shorter tail is dropped. Returns how many."""
+def write_pairs(video: Path, out: Path, frames: int, size: tuple[int, int], low: int, high: int,
+                most: int | None = None) -> int:
+    """Sequences of ``frames`` frames from ``video`` under ``out`` (the first ``most`` of them); a shorter
+    tail is dropped. Returns how many."""
     height, width = size
     sequences, buffer = 0, []
     for frame in iter_frames(video):
+        if sequences == most:
+            break
         buffer.append(cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
         if len(buffer) == frames:
             folder = out / f"{video.stem}_{sequences:03d}"
@@ -55,14 +59,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the pack source to write (data.pack.source)")
     parser.add_argument("--frames", type=int, default=24, help="frames per sequence")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    parser.add_argument("--max-sequences", type=int, help="at most this many sequences from each video")
     parser.add_argument("--canny", type=int, nargs=2, default=(60, 150), metavar=("LOW", "HIGH"),
                         help="Canny's hysteresis thresholds")
     args = parser.parse_args()
     for video in args.videos:
         if not video.is_file():
             raise SystemExit(f"{video}: no such video")
-        count = write_pairs(video, args.out, args.frames, tuple(args.size), *args.canny)
-        print(f"{video.name}: {count} sequence(s) of {args.frames} frames at {args.size[0]}x{args.size[1]} in {args.out}")
+        count = write_pairs(video, args.out, args.frames, tuple(args.size), *args.canny, args.max_sequences)
+        print(f"{video.name}: {count} sequence(s) of {args.frames} frames at {args.size[0]}x{args.size[1]} "
+              f"in {args.out}")
 
 
 if __name__ == "__main__":
