@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from commits import export  # noqa: E402
 from models.build import build  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.generator import generate_clip  # noqa: E402
@@ -93,9 +94,7 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
 def against(rev: str, height: int, width: int, frames: int, repeats: int) -> None:
     """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own."""
     with tempfile.TemporaryDirectory(prefix="op-count-") as scratch:
-        old = Path(scratch)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        old = export(rev, Path(scratch))
         shutil.copy(REPO / "benchmarks" / "step_cost.py", old / "benchmarks" / "step_cost.py")
         costs = {}
         for name, tree in ((rev, old), ("this tree", REPO)):

@@ -243,29 +243,20 @@ def diagnostics(cfg, run: Path) -> dict:
     no such truth, the PSNR of each frame index only."""
     if not synthetic(cfg):
         return {"psnr_by_frame": psnr_by_frame(cfg, run)}
-    import dataclasses
-
     import numpy as np
     import torch
     from PIL import Image
 
-    from cluster.registry import load_video_model
-    from dataio.loader import build_loader
     from dataio.manifest import read_manifest
     from dataio.synth import disocclusions
     from models.generator import generate_clip
     from models.label_flow import label_flow
     from models.metrics import FlowDiagnostics, flow_diagnostics, psnr, warping_error
 
-    net = load_video_model(str(run), "cpu")
-    manifest = read_manifest(cfg.data.shards)
-    rows = {row.key: row for row in manifest.rows}
-    height, width = cfg.eval.height, cfg.eval.width
-    frames = cfg.eval.frames or manifest.clip_frames
-    factor = rows[next(iter(rows))].height // height
+    net, loader, frames = held_out(cfg, run)
+    rows = {row.key: row for row in read_manifest(cfg.data.shards).rows}
+    factor = rows[next(iter(rows))].height // cfg.eval.height
     synth = Path(cfg.data.synth.out)
-    data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
-    loader = build_loader(data, height, width, frames, split=cfg.eval.split, augment=False)
     total = FlowDiagnostics()
     # The same generator warping with another flow instead of its own: the packed target flow (what a
     # perfect flow head would give) and the label maps' flow alone (the prior without the head's
@@ -316,22 +307,29 @@ def diagnostics(cfg, run: Path) -> dict:
     return result
 
 
-def psnr_by_frame(cfg, run: Path) -> list[float]:
-    """The held-out clips' mean PSNR at each frame index, generated from labels alone at the eval size."""
+def held_out(cfg, run: Path):
+    """The run's trained video model, a loader of the held-out clips at the eval size (no augmentation,
+    the eval's batch size) and their frame count."""
     import dataclasses
-
-    import torch
 
     from cluster.registry import load_video_model
     from dataio.loader import build_loader
     from dataio.manifest import read_manifest
+
+    net = load_video_model(str(run), "cpu")  # before the loader, which the caller closes
+    frames = cfg.eval.frames or read_manifest(cfg.data.shards).clip_frames
+    data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
+    return net, build_loader(data, cfg.eval.height, cfg.eval.width, frames, split=cfg.eval.split, augment=False), frames
+
+
+def psnr_by_frame(cfg, run: Path) -> list[float]:
+    """The held-out clips' mean PSNR at each frame index, generated from labels alone at the eval size."""
+    import torch
+
     from models.generator import generate_clip
     from models.metrics import psnr
 
-    net = load_video_model(str(run), "cpu")
-    frames = cfg.eval.frames or read_manifest(cfg.data.shards).clip_frames
-    data = dataclasses.replace(cfg.data, loader=dataclasses.replace(cfg.data.loader, batch_size=cfg.eval.batch_size))
-    loader = build_loader(data, cfg.eval.height, cfg.eval.width, frames, split=cfg.eval.split, augment=False)
+    net, loader, frames = held_out(cfg, run)
     total, clips = torch.zeros(frames, dtype=torch.float64), 0
     try:
         for batch in loader:

@@ -56,17 +56,14 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)  # the config's paths are relative to the data folder
+    from commits import export
     from quality import prepare_data
 
     prepare_data(str(REPO / "configs" / "quality.yaml"), args.overrides)
     with tempfile.TemporaryDirectory(prefix="throughput-") as scratch:
         trees = {"this tree": REPO}
         for rev in args.against:
-            tree = Path(scratch, "trees", rev)
-            tree.mkdir(parents=True)
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-            trees[rev] = tree
+            trees[rev] = export(rev, Path(scratch, "trees", rev))
         print(f"{len(trees)} trees, {args.rounds} round(s) of {args.budget_s:.0f} s each, "
               f"{os.cpu_count()} cores", flush=True)
         steps: dict[str, list[int]] = {name: [] for name in trees}
