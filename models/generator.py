@@ -151,8 +151,8 @@ class Generator(nn.Module):
                 _pool(labels_flat, factor) if at_scale is None else at_scale.stacks,
                 None if prev_flat is None else _pool(prev_flat, factor),
                 _pool(cond, factor) if at_scale is None else at_scale.cond,
-                coarse=result, label_only=label_only, chunk=at_scale)
-        assert result is not None
+                coarse=result, label_only=label_only, chunk=at_scale, finest=index == self._active - 1)
+        assert result is not None and result.hallucinated is not None
         if result.flow is None:
             return GeneratorOutput(result.hallucinated, result.hallucinated, None, None, None)
         if flow is not None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import GeneratorConfig
-from models.layers import CondSequential, ConvBlock, OutputConv, ResBlock, conv_factory
+from models.layers import CondSequential, ConvBlock, OutputConv, ResBlock, conv_factory, output_convs
 
 if TYPE_CHECKING:
     from models.chunk_labels import ScaleLabels
@@ -37,8 +37,9 @@ IMAGE_CHANNELS = 3
 
 @dataclass
 class ScaleResult:
-    """What one scale produces at its resolution; the features feed the next finer scale."""
-    hallucinated: Tensor
+    """What one scale produces at its resolution; the features feed the next finer scale. The images, the
+    flow and the mask come from the finest active scale only (None at the others)."""
+    hallucinated: Tensor | None
     flow: Tensor | None
     mask: Tensor | None
     image_features: Tensor
@@ -107,47 +108,52 @@ class GeneratorScale(nn.Module):
 
     def forward(self, labels: Tensor, prev: Tensor | None, cond: Tensor,
                 coarse: ScaleResult | None = None, label_only: bool = False,
-                chunk: ScaleLabels | None = None) -> ScaleResult:
+                chunk: ScaleLabels | None = None, finest: bool = True) -> ScaleResult:
         """``labels`` [B, (L+1)*C, h, w], ``prev`` [B, L*3, h, w] or None (first frame), ``cond``
         the current label map [B, C, h, w] for SPADE. ``label_only``: also make the image the labels
         alone give, as the first frame is made (``model.generator.first_frame``). ``chunk``: the same
         label maps as one frame of a chunk (``models/chunk_labels.py``): with previous frames, the label
-        encoder and the image decoder's SPADE modulations come from one pass over the chunk."""
+        encoder and the image decoder's SPADE modulations come from one pass over the chunk. ``finest``: whether
+        this is the finest active scale; the others run no output head (a finer scale's output replaces
+        theirs, and their heads are frozen)."""
         if prev is None:
-            features, image = self._labels_alone(labels, cond, None if coarse is None else coarse.image_features)
+            features, image = self._labels_alone(labels, cond, None if coarse is None else coarse.image_features,
+                                                  finest=finest)
             return ScaleResult(image, None, None, features, None)
         if not self.temporal:
             raise ValueError("the per-frame generator takes no previous frames")
         label_features = self.label_encoder(labels) if chunk is None else chunk.encoded(self.label_encoder)
         features = label_features + self.prev_encoder(prev)
         image_features, hallucinated = self._image(features, None if coarse is None else coarse.image_features,
-                                                   cond if chunk is None else chunk)
+                                                   cond if chunk is None else chunk, finest)
         flow_in = features if coarse is None or coarse.flow_features is None \
             else features + coarse.flow_features
         flow_features = self.flow_decoder(flow_in, cond)
-        flow = self.flow_head(flow_features) * self.flow_multiplier
-        mask = torch.sigmoid(self.mask_head(flow_features))
+        flow = mask = None
+        if finest:
+            flow, mask = output_convs([self.flow_head, self.mask_head], flow_features)
+            flow, mask = flow * self.flow_multiplier, torch.sigmoid(mask)
         alone_features = alone = None
         if label_only:
             alone_features, alone = self._labels_alone(
-                labels, cond, None if coarse is None else coarse.label_only_features, label_features)
+                labels, cond, None if coarse is None else coarse.label_only_features, label_features, finest)
         return ScaleResult(hallucinated, flow, mask, image_features, flow_features, alone, alone_features)
 
     def _labels_alone(self, labels: Tensor, cond: Tensor, coarse_features: Tensor | None,
-                      label_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The decoder features and the image the labels alone give: the first frame's path
-        (``label_features``: the shared label encoder's output, when already computed)."""
+                      label_features: Tensor | None = None, finest: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The decoder features and (at the finest scale) the image the labels alone give: the first
+        frame's path (``label_features``: the shared label encoder's output, when already computed)."""
         if self.first_frame is not None:
             features = self.first_frame["encoder"](cond)
             decoded = self.first_frame["decoder"](
                 features if coarse_features is None else features + coarse_features, cond)
-            return decoded, torch.tanh(self.first_frame["head"](decoded))
+            return decoded, torch.tanh(self.first_frame["head"](decoded)) if finest else None
         return self._image(self.label_encoder(labels) if label_features is None else label_features,
-                           coarse_features, cond)
+                           coarse_features, cond, finest)
 
-    def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor | ScaleLabels
-               ) -> tuple[Tensor, Tensor]:
-        """The image decoder's features and the image (tanh) from encoder ``features``; ``cond`` goes to
-        its SPADE norms."""
+    def _image(self, features: Tensor, coarse_features: Tensor | None, cond: Tensor | ScaleLabels,
+               finest: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The image decoder's features and (at the finest scale) the image (tanh) from encoder
+        ``features``; ``cond`` goes to its SPADE norms."""
         decoded = self.image_decoder(features if coarse_features is None else features + coarse_features, cond)
-        return decoded, torch.tanh(self.image_head(decoded))
+        return decoded, torch.tanh(self.image_head(decoded)) if finest else None

@@ -38,12 +38,14 @@ def stripes(height: int, row_bytes: int) -> list[tuple[int, int]]:
     return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
 
 
-def conv_rows(conv: nn.Conv2d, x: Tensor, pad: int, mode: str, upsample: bool = False,
-              rows: tuple[int, int] | None = None) -> Tensor:
-    """Rows ``rows`` (all by default) of ``conv(pad(upsample(x)))`` for a stride-1 ``conv`` with no padding
-    of its own: ``pad`` rows and columns on each side, ``mode`` ``reflect`` or ``zeros``; ``upsample``
-    doubles ``x`` by nearest neighbour first. Computed stripe by stripe when ``rows`` is not given."""
-    weight, bias = conv.weight, conv.bias  # read once: a spectral-norm weight is computed on access
+def conv_rows(conv: nn.Conv2d | tuple[Tensor, Tensor | None], x: Tensor, pad: int, mode: str,
+              upsample: bool = False, rows: tuple[int, int] | None = None) -> Tensor:
+    """Rows ``rows`` (all by default) of ``conv(pad(upsample(x)))`` for a stride-1 ``conv`` (a module with no
+    padding of its own, or its weight and bias): ``pad`` rows and columns on each side, ``mode`` ``reflect``
+    or ``zeros``; ``upsample`` doubles ``x`` by nearest neighbour first. Computed stripe by stripe when
+    ``rows`` is not given."""
+    # Read once: a spectral-norm weight is computed on access.
+    weight, bias = (conv.weight, conv.bias) if isinstance(conv, nn.Module) else conv
     factor = 2 if upsample else 1
     if rows is not None:
         return _rows(weight, bias, x, pad, mode, factor, *rows)

@@ -97,8 +97,9 @@ class TrainConfig:
     compiling, the generator alone). ``off``: eager (docs/performance.md has the measurements)."""
     merge_passes: bool = True
     """One image-discriminator pass over every set of frames an update judges (real, output, raw
-    hallucinated and label-only frames: four passes in the D update, three in the G update), one
-    temporal-discriminator pass over the real and fake windows of the D update, and one VGG pass over
+    hallucinated and label-only frames: four passes in each update otherwise; the G update's real
+    frames judged in the same pass, their outputs detached), one temporal-discriminator pass over the
+    real and fake windows of each update, and one VGG pass over
     the output and the extra frames, the real frames' features computed once. In the generator, a
     chunk's label-only frames in one pass, and what the label maps alone decide for a chunk's frames
     (each scale's label encoder and SPADE modulations, ``models/chunk_labels.py``) in one pass, not one

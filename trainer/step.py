@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from models.config import LossConfig, ModelConfig, per_sample
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
@@ -227,13 +228,20 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
     discriminators = engines.discriminator.module
     discriminators.requires_grad_(False)
     try:
-        with torch.no_grad():
-            d_real, temporal = discriminators(labels, real, [] if window_real is None else [window_real], window_flow)
-        t_real = temporal[0] if temporal else []
         sets = [(labels, chunk.fake)] + [(labels[:, chunk.with_flow], frames) for frames in chunk.extra.values()]
-        (d_fake, *d_extra), temporal = _judge(discriminators, sets, [] if window_fake is None else [window_fake],
-                                               window_flow, settings.merge_passes)
-        t_fake = temporal[0] if temporal else []
+        windows = [] if window_fake is None else [window_fake]
+        if settings.merge_passes:
+            # The real frames and window join the fake ones' pass; their outputs are targets only (no
+            # gradient through them, as from a pass of their own under no_grad).
+            (d_real, d_fake, *d_extra), temporal = _judge(
+                discriminators, [(labels, real)] + sets, [window_real] * bool(windows) + windows, window_flow, True)
+            d_real, temporal = tree_map(Tensor.detach, d_real), tree_map(Tensor.detach, temporal[:1]) + temporal[1:]
+        else:
+            with torch.no_grad():
+                d_real, temporal_real = discriminators(labels, real, [window_real] * bool(windows), window_flow)
+            (d_fake, *d_extra), temporal = _judge(discriminators, sets, windows, window_flow, False)
+            temporal = temporal_real + temporal
+        t_real, t_fake = temporal or ([], [])
         d_real_with_flow = _frames(d_real, real.shape[:2], chunk.with_flow) if chunk.extra else None
         real_with_flow = real[:, chunk.with_flow] if chunk.extra else None  # one copy for every extra set
         extra = [ExtraFrames(name, frames, real_with_flow, d_real=d_real_with_flow, d_fake=d_fake_extra,

@@ -220,6 +220,41 @@ def test_scale_control_resolution_freezing_and_full_gradients():
         gen.set_trainable_scales([2])
 
 
+@pytest.mark.parametrize("first_frame", ["own", "shared"])
+def test_only_the_finest_scale_runs_output_heads_and_the_flow_and_mask_heads_run_as_one(first_frame):
+    """A coarser scale's image, flow and mask would be replaced by the finer scale's: it runs no head.
+    The flow and mask heads read the same features in one convolution: what each gives alone."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(num_scales=2, first_frame=first_frame), LABELS)
+    called = []
+    hooks = [head.register_forward_hook(lambda m, a, out: called.append(m))
+             for scale in gen.scales for head in scale.heads()]
+    labels, prev = one_hot_labels(1, 3, 16, 32), torch.rand(1, 2, 3, 16, 32)
+    for active in (1, 2):
+        gen.set_active_scales(active)
+        called.clear()
+        gen(labels[..., :8 * active, :16 * active], prev[..., :8 * active, :16 * active], label_only=True)
+        finest = gen.scales[active - 1]
+        # The image heads as modules; the flow and mask heads' weights go to one convolution, no module call.
+        assert {id(m) for m in called} == {id(finest.image_head)} | (
+            {id(finest.first_frame["head"])} if first_frame == "own" else set())
+    for hook in hooks:
+        hook.remove()
+    features = {}
+    finest.flow_decoder.register_forward_hook(lambda m, a, out: features.setdefault("flow", out))
+    out = gen(labels, prev)
+    with torch.no_grad():
+        flow = finest.flow_head(features["flow"]) * finest.flow_multiplier
+        mask = torch.sigmoid(finest.mask_head(features["flow"]))
+    assert torch.allclose(out.mask, mask, atol=1e-6)
+    finest.flow_head.conv.bias.data.fill_(0.3)  # away from its zero start, so the comparison means something
+    features.clear()
+    out = gen(labels, prev)
+    with torch.no_grad():
+        flow = finest.flow_head(features["flow"]) * finest.flow_multiplier
+    assert flow.abs().min() > 1 and torch.allclose(out.flow, flow, atol=1e-5)
+
+
 def test_frame_size_must_match_downsampling():
     gen = Generator(tiny(num_scales=2), LABELS)
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -70,12 +70,12 @@ def test_merged_passes_give_the_losses_of_a_pass_per_set() -> None:
             # The same kernels on larger batches: float32 rounding, carried through the SGD updates.
             assert abs(m[name] - a[name]) <= 1e-4 * max(1.0, abs(a[name])), (index, name, m[name], a[name])
     # Per chunk with extra frames: 4 image-D passes in the D update and 4 in the G update (real, output,
-    # hallucinated, label-only) against 1 + 2 merged; VGG: 3 fake and 3 real passes against 1 + 1.
+    # hallucinated, label-only) against 1 + 1 merged; VGG: 3 fake and 3 real passes against 1 + 1.
     # Two steps of two chunks, the first chunk of each clip with one frame that has a flow.
-    assert (apart_counts["image"], merged_counts["image"]) == (2 * 2 * 8, 2 * 2 * 3)
-    # Temporal windows in the second chunk only (K=3 frames): real and fake in one pass in the D update;
-    # in the G update the real windows are judged without a graph, apart.
-    assert (apart_counts["temporal"], merged_counts["temporal"]) == (2 * 4, 2 * 3)
+    assert (apart_counts["image"], merged_counts["image"]) == (2 * 2 * 8, 2 * 2 * 2)
+    # Temporal windows in the second chunk only (K=3 frames): real and fake in one pass in each update
+    # (apart, the G update's real windows are judged without a graph).
+    assert (apart_counts["temporal"], merged_counts["temporal"]) == (2 * 4, 2 * 2)
     assert (apart_counts["vgg"], merged_counts["vgg"]) == (2 * 2 * 6, 2 * 2 * 2)
     # The first-frame networks: the clip's first frame, then a label-only frame per later frame (4) against
     # one pass per chunk, the first frame in the first chunk's pass (2).
