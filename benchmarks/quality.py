@@ -21,7 +21,8 @@
    pixels are newly seen): the mask on disoccluded and on visible pixels, the L1 of the hallucinated
    frame h and of the warped previous output against the real frame, the flow's end-point error, and
    the PSNR of each frame index (frame 0 is generated from labels alone). Footage has no such truth:
-   there only the PSNR of each frame index.
+   there the PSNR of each frame index only. On both, the same sequential generator warping with the
+   packed flow of the real frames, and with the label maps' flow alone, instead of its own flow.
 4. Prints every run, the mean and spread over seeds per variant, the learning curves, and whether
    the claim holds: the full model's warping-error ratio at most ``--ratio-goal`` x the per-frame
    model's, at a PSNR at most ``--psnr-tolerance`` dB below it, and not rising over the second half
@@ -29,8 +30,9 @@
 
 A finished run is reused when the script runs again with the same settings and the config resolves
 the same, defaults included (``--rerun`` trains again), so an interrupted benchmark continues where
-it stopped. Extra ``key=value`` overrides go to
-every training and evaluation (e.g. a GPU run: ``data.loader.device=mixed``; see docs/performance.md).
+it stopped; ``--rescore`` scores finished runs again instead (diagnostics added since they trained).
+Extra ``key=value`` overrides go to every training and evaluation (e.g. a GPU run:
+``data.loader.device=mixed``; see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ratio-goal", type=float, default=0.7,
                         help="the full model's warping-error ratio must be at most this times the per-frame model's")
     parser.add_argument("--rerun", action="store_true", help="train again even where a finished run exists")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the finished runs again (diagnostics added since they ran), not train them")
     parser.add_argument("--score", metavar="RUN", help=argparse.SUPPRESS)  # one run's scoring, in its own process
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -170,15 +174,19 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
     settings = {"variant": variant, "seed": seed, "budget_s": args.budget_s, "curve_every_s": curve_every,
                 "overrides": overrides, "threads": threads, "config": config_digest(config, overrides)}
     scored = run / SCORE_FILE
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore::FutureWarning",
+               OMP_NUM_THREADS=str(threads))
     if scored.is_file() and not args.rerun:
         row = json.loads(scored.read_text())
         if row.get("settings") == settings:
-            print(f"{run.name}: reused ({row['steps']} steps)", flush=True)
+            if args.rescore:
+                kept = {key: row[key] for key in ("variant", "seed", "steps", "wall_s", "curve", "settings")}
+                row = {**_score(run, config, overrides, env), **kept}
+                scored.write_text(json.dumps(row, indent=2) + "\n")
+            print(f"{run.name}: {'rescored' if args.rescore else 'reused'} ({row['steps']} steps)", flush=True)
             return row
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore::FutureWarning",
-               OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "trainer", "--config", config, f"checkpoint.dir={run}", "checkpoint.resume=false",
            f"train.time_budget_s={args.budget_s}", f"eval.every_s={curve_every}", *overrides]
     started = time.perf_counter()
@@ -190,18 +198,23 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
     if proc.returncode or not done:
         sys.stderr.write(text[-6000:])
         raise SystemExit(f"training {run} failed (exit {proc.returncode}); log: {run / 'train.log'}")
+    row = {**_score(run, config, overrides, env), "variant": variant, "seed": seed, "steps": int(done.group(1)),
+           "wall_s": round(seconds, 1), "curve": read_curve(run), "settings": settings}
+    scored.write_text(json.dumps(row, indent=2) + "\n")
+    print(f"{run.name}: {row['steps']} steps; PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
+          f"warping-error ratio {row['warp_ratio']:.3f}", flush=True)
+    return row
+
+
+def _score(run: Path, config: str, overrides: list[str], env: dict[str, str]) -> dict:
+    """``score`` of a trained run, in a process of its own (the trainer's imports stay out of this one)."""
     with (run / "score.log").open("w") as log:
         proc = subprocess.run([sys.executable, __file__, "--out", ".", "--config", config, "--score", str(run),
                                *overrides], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     if proc.returncode:
         sys.stderr.write((run / "score.log").read_text()[-6000:])
         raise SystemExit(f"scoring {run} failed (exit {proc.returncode})")
-    row = {**json.loads(scored.read_text()), "variant": variant, "seed": seed, "steps": int(done.group(1)),
-           "wall_s": round(seconds, 1), "curve": read_curve(run), "settings": settings}
-    scored.write_text(json.dumps(row, indent=2) + "\n")
-    print(f"{run.name}: {row['steps']} steps; PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
-          f"warping-error ratio {row['warp_ratio']:.3f}", flush=True)
-    return row
+    return json.loads((run / SCORE_FILE).read_text())
 
 
 def config_digest(config: str, overrides: list[str]) -> str:
@@ -242,7 +255,7 @@ def diagnostics(cfg, run: Path) -> dict:
     exact flow and disocclusions of the synthetic sequences they were packed from; on footage, which has
     no such truth, the PSNR of each frame index only."""
     if not synthetic(cfg):
-        return {"psnr_by_frame": psnr_by_frame(cfg, run)}
+        return footage_diagnostics(cfg, run)
     import numpy as np
     import torch
     from PIL import Image
@@ -250,8 +263,7 @@ def diagnostics(cfg, run: Path) -> dict:
     from dataio.manifest import read_manifest
     from dataio.synth import disocclusions
     from models.generator import generate_clip
-    from models.label_flow import label_flow
-    from models.metrics import FlowDiagnostics, flow_diagnostics, psnr, warping_error
+    from models.metrics import FlowDiagnostics, flow_diagnostics
 
     net, loader, frames = held_out(cfg, run)
     rows = {row.key: row for row in read_manifest(cfg.data.shards).rows}
@@ -262,7 +274,7 @@ def diagnostics(cfg, run: Path) -> dict:
     # perfect flow head would give) and the label maps' flow alone (the prior without the head's
     # correction). Sums of the warping errors (as the eval pools them) and of clip PSNRs, and the
     # end-point error of each flow against the exact one on visible pixels.
-    sums = {name: {"error": 0.0, "real": 0.0, "psnr": 0.0, "epe": 0.0} for name in ("target_flow", "label_flow")}
+    sums = {name: {"error": 0.0, "real": 0.0, "psnr": 0.0, "epe": 0.0} for name in OTHER_FLOWS}
     clips = visible = 0.0
     # The loader resizes labels nearest-neighbour from pixel centres: sample the truth the same way.
     pick = factor // 2
@@ -281,17 +293,9 @@ def diagnostics(cfg, run: Path) -> dict:
                 truth_flow.append(flow[:, pick::factor, pick::factor].transpose(0, 3, 1, 2) / factor)
             true_flow, true_new = torch.from_numpy(np.stack(truth_flow)), torch.from_numpy(np.stack(truth_new))
             seen = (~true_new[:, 1:]).to(torch.float64)
-            flows = {"target_flow": batch.flow, "label_flow": torch.stack(
-                [torch.zeros_like(batch.flow[:, 0])] + [label_flow(batch.labels[:, t], batch.labels[:, t - 1])
-                                                        for t in range(1, batch.labels.shape[1])], dim=1)}
             with torch.no_grad():
                 clip = generate_clip(net.generator, batch.labels)
-                for name, flow in flows.items():
-                    given = generate_clip(net.generator, batch.labels, flow=flow).images
-                    ours, real = (warping_error(x, batch.flow, batch.flow_conf) for x in (given, batch.rgb))
-                    sums[name]["error"] += float((ours.error * ours.weight).nansum())
-                    sums[name]["real"] += float((real.error * real.weight).nansum())
-                    sums[name]["psnr"] += float(psnr(given, batch.rgb).mean(dim=1).sum())
+                for name, flow in _warp_with_other_flows(net.generator, batch, sums).items():
                     epe = (flow[:, 1:].to(torch.float64) - true_flow[:, 1:]).norm(dim=2)
                     sums[name]["epe"] += float((epe * seen).sum())
             clips += clip.images.shape[0]
@@ -300,11 +304,42 @@ def diagnostics(cfg, run: Path) -> dict:
                                              batch.rgb, true_flow, true_new)
     finally:
         loader.close()
-    result = total.means()
-    for name, sum_ in sums.items():
-        result.update({f"{name}_warp_ratio": sum_["error"] / sum_["real"], f"{name}_psnr": sum_["psnr"] / clips,
-                       f"{name}_epe_visible": sum_["epe"] / visible})
+    result = {**total.means(), **_other_flow_scores(sums, clips)}
+    result.update({f"{name}_epe_visible": sum_["epe"] / visible for name, sum_ in sums.items()})
     return result
+
+
+OTHER_FLOWS = ("target_flow", "label_flow")
+"""Flows the same trained generator warps with instead of its own, to tell what its flow costs: the packed
+target flow (DIS on the real frames: about what a perfect flow head would give) and the label maps' flow
+alone (the prior without the head's correction)."""
+
+
+def _warp_with_other_flows(generator, batch, sums: dict[str, dict[str, float]]) -> dict:
+    """Generate ``batch``'s clips warping with each of ``OTHER_FLOWS``; add their warping errors (pooled as
+    the eval pools them) and clip PSNRs to ``sums``. Returns the flows by name."""
+    import torch
+
+    from models.generator import generate_clip
+    from models.label_flow import clip_label_flows
+    from models.metrics import psnr, warping_error
+
+    labels = clip_label_flows(batch.labels)
+    flows = {"target_flow": batch.flow, "label_flow": torch.cat([torch.zeros_like(labels[:, :1]), labels], dim=1)}
+    real = warping_error(batch.rgb, batch.flow, batch.flow_conf)
+    for name, flow in flows.items():
+        given = generate_clip(generator, batch.labels, flow=flow).images
+        ours = warping_error(given, batch.flow, batch.flow_conf)
+        sums[name]["error"] += float((ours.error * ours.weight).nansum())
+        sums[name]["real"] += float((real.error * real.weight).nansum())
+        sums[name]["psnr"] += float(psnr(given, batch.rgb).mean(dim=1).sum())
+    return flows
+
+
+def _other_flow_scores(sums: dict[str, dict[str, float]], clips: float) -> dict[str, float]:
+    return {key: value for name, sum_ in sums.items()
+            for key, value in ((f"{name}_warp_ratio", sum_["error"] / sum_["real"]),
+                               (f"{name}_psnr", sum_["psnr"] / clips))}
 
 
 def held_out(cfg, run: Path):
@@ -322,8 +357,10 @@ def held_out(cfg, run: Path):
     return net, build_loader(data, cfg.eval.height, cfg.eval.width, frames, split=cfg.eval.split, augment=False), frames
 
 
-def psnr_by_frame(cfg, run: Path) -> list[float]:
-    """The held-out clips' mean PSNR at each frame index, generated from labels alone at the eval size."""
+def footage_diagnostics(cfg, run: Path) -> dict:
+    """Where there is no ground truth: the held-out clips' mean PSNR at each frame index, generated from labels
+    alone at the eval size, and the same generator warping with the other flows (``OTHER_FLOWS``; the
+    sequential generator only: the per-frame one warps nothing)."""
     import torch
 
     from models.generator import generate_clip
@@ -331,14 +368,18 @@ def psnr_by_frame(cfg, run: Path) -> list[float]:
 
     net, loader, frames = held_out(cfg, run)
     total, clips = torch.zeros(frames, dtype=torch.float64), 0
+    sums = {name: {"error": 0.0, "real": 0.0, "psnr": 0.0} for name in OTHER_FLOWS}
     try:
         for batch in loader:
             with torch.no_grad():
                 total += psnr(generate_clip(net.generator, batch.labels).images, batch.rgb).sum(dim=0)
+                if not net.generator.cfg.per_frame:
+                    _warp_with_other_flows(net.generator, batch, sums)
             clips += batch.rgb.shape[0]
     finally:
         loader.close()
-    return (total / clips).tolist()
+    return {"psnr_by_frame": (total / clips).tolist(),
+            **(_other_flow_scores(sums, clips) if not net.generator.cfg.per_frame else {})}
 
 
 def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
@@ -437,9 +478,11 @@ def print_report(rows: list[dict], summary: dict, args: argparse.Namespace) -> N
                   f"({v['mask_ratio']['mean']:.1f}x)  L1 h {v['l1_hallucinated']['mean']:.4f}  "
                   f"L1 warped {v['l1_warped']['mean']:.4f}  L1 output {v['l1_output']['mean']:.4f}  "
                   f"flow EPE {v['flow_epe_visible']['mean']:.3f} px (zero flow {v['zero_flow_epe_visible']['mean']:.3f})")
-            for flow, what in (("target_flow", "the target flow"), ("label_flow", "the label flow alone")):
+        for flow, what in (("target_flow", "the target flow"), ("label_flow", "the label flow alone")):
+            if not name.startswith("per_frame") and f"{flow}_warp_ratio" in v:
+                epe = f", flow EPE {v[f'{flow}_epe_visible']['mean']:.3f} px" if f"{flow}_epe_visible" in v else ""
                 print(f"{'':<22} warping with {what} instead: ratio {_fmt(v[f'{flow}_warp_ratio'], 3)}, "
-                      f"PSNR {v[f'{flow}_psnr']['mean']:.2f}, flow EPE {v[f'{flow}_epe_visible']['mean']:.3f} px")
+                      f"PSNR {v[f'{flow}_psnr']['mean']:.2f}{epe}")
         print(f"{'':<22} PSNR by frame: " + " ".join(f"{p:.2f}" for p in v["psnr_by_frame"]))
     print("\nlearning curves (seed means): PSNR / warping-error ratio at seconds of training")
     for name, v in summary["variants"].items():

@@ -97,6 +97,19 @@ def test_the_benchmark_runs_on_footage_paired_with_its_edges(tmp_path: Path, tes
     assert "claim (more temporally coherent at equal per-frame quality, not degrading):" in proc.stdout
     assert "mask new/seen" not in proc.stdout  # the synthetic ground truth's diagnostics
     report = json.loads((out / "quality.json").read_text())
-    for row in report["rows"]:
+    rows = {row["variant"]: row for row in report["rows"]}
+    for row in rows.values():
         assert row["steps"] > 0 and 0 < row["psnr"] < 100 and row["warp_ratio"] > 0
-        assert row["diagnostics"].keys() == {"psnr_by_frame"} and len(row["diagnostics"]["psnr_by_frame"]) == 8
+        assert len(row["diagnostics"]["psnr_by_frame"]) == 8
+    # No truth to measure a flow against; the sequential generator warping with the other flows is scored.
+    assert rows["per_frame"]["diagnostics"].keys() == {"psnr_by_frame"}
+    assert rows["full"]["diagnostics"].keys() == {"psnr_by_frame", "target_flow_warp_ratio", "target_flow_psnr",
+                                                  "label_flow_warp_ratio", "label_flow_psnr"}
+    assert "warping with the target flow instead: ratio" in proc.stdout
+    # Scoring again, e.g. for diagnostics added since: the runs are not trained again and keep their curves.
+    rescored = benchmark(out, "--rescore", *footage)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert "full-seed0: rescored" in rescored.stdout and "per_frame-seed0: rescored" in rescored.stdout
+    again = {row["variant"]: row for row in json.loads((out / "quality.json").read_text())["rows"]}
+    assert again["full"]["steps"] == rows["full"]["steps"] and again["full"]["curve"] == rows["full"]["curve"]
+    assert again["full"]["diagnostics"] == rows["full"]["diagnostics"]  # the same model scored the same way
