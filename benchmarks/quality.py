@@ -76,6 +76,10 @@ VARIANTS: dict[str, list[str]] = {
     "full_shared_first_frame_mask_l1": ["model.generator.first_frame=shared", "model.loss.mask_criterion=l1"],
 }
 SCORE_FILE = "score.json"
+"""A finished run's row: its scores, steps, curve and the settings it trained with."""
+FRESH_SCORE_FILE = "score.new.json"
+"""What the scoring process writes, before the row is made of it (a rescoring must not leave a row without
+its settings behind, which would make the run look unfinished)."""
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,15 +180,17 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
     scored = run / SCORE_FILE
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore::FutureWarning",
                OMP_NUM_THREADS=str(threads))
-    if scored.is_file() and not args.rerun:
-        row = json.loads(scored.read_text())
-        if row.get("settings") == settings:
-            if args.rescore:
-                kept = {key: row[key] for key in ("variant", "seed", "steps", "wall_s", "curve", "settings")}
-                row = {**_score(run, config, overrides, env), **kept}
-                scored.write_text(json.dumps(row, indent=2) + "\n")
-            print(f"{run.name}: {'rescored' if args.rescore else 'reused'} ({row['steps']} steps)", flush=True)
-            return row
+    row = json.loads(scored.read_text()) if scored.is_file() and not args.rerun else {}
+    if row.get("settings") == settings:
+        if args.rescore:
+            kept = {key: row[key] for key in ("variant", "seed", "steps", "wall_s", "curve", "settings")}
+            row = {**_score(run, config, overrides, env), **kept}
+            _write_row(run, row)
+        print(f"{run.name}: {'rescored' if args.rescore else 'reused'} ({row['steps']} steps)", flush=True)
+        return row
+    if args.rescore:
+        raise SystemExit(f"{run}: --rescore scores finished runs, and this one has "
+                         f"{'other settings' if row else 'not finished'}: train it without --rescore")
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     cmd = [sys.executable, "-m", "trainer", "--config", config, f"checkpoint.dir={run}", "checkpoint.resume=false",
@@ -200,7 +206,7 @@ def train_and_score(variant: str, seed: int, config: str, args: argparse.Namespa
         raise SystemExit(f"training {run} failed (exit {proc.returncode}); log: {run / 'train.log'}")
     row = {**_score(run, config, overrides, env), "variant": variant, "seed": seed, "steps": int(done.group(1)),
            "wall_s": round(seconds, 1), "curve": read_curve(run), "settings": settings}
-    scored.write_text(json.dumps(row, indent=2) + "\n")
+    _write_row(run, row)
     print(f"{run.name}: {row['steps']} steps; PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
           f"warping-error ratio {row['warp_ratio']:.3f}", flush=True)
     return row
@@ -214,7 +220,17 @@ def _score(run: Path, config: str, overrides: list[str], env: dict[str, str]) ->
     if proc.returncode:
         sys.stderr.write((run / "score.log").read_text()[-6000:])
         raise SystemExit(f"scoring {run} failed (exit {proc.returncode})")
-    return json.loads((run / SCORE_FILE).read_text())
+    fresh = run / FRESH_SCORE_FILE
+    row = json.loads(fresh.read_text())
+    fresh.unlink()
+    return row
+
+
+def _write_row(run: Path, row: dict) -> None:
+    """A run's finished row, replacing the last whole: a run without one is trained again."""
+    staging = run / f"{SCORE_FILE}.partial"
+    staging.write_text(json.dumps(row, indent=2) + "\n")
+    os.replace(staging, run / SCORE_FILE)
 
 
 def config_digest(config: str, overrides: list[str]) -> str:
@@ -235,7 +251,7 @@ def read_curve(run: Path) -> list[dict]:
 
 
 def score(run: Path, config: str, overrides: list[str]) -> None:
-    """``vid2vid eval``'s scores and the ground-truth diagnostics of one trained run -> its score.json."""
+    """``vid2vid eval``'s scores and the diagnostics of one trained run -> ``FRESH_SCORE_FILE`` in it."""
     import torch
 
     from cluster.evaluate import run_eval
@@ -247,13 +263,13 @@ def score(run: Path, config: str, overrides: list[str]) -> None:
     report = json.loads(result.report_path.read_text())
     keep = ("psnr", "ssim", "warp_error", "warp_error_real", "warp_ratio")
     row = {**{k: report[k] for k in keep}, "diagnostics": diagnostics(cfg, run)}
-    (run / SCORE_FILE).write_text(json.dumps(row, indent=2) + "\n")
+    (run / FRESH_SCORE_FILE).write_text(json.dumps(row, indent=2) + "\n")
 
 
 def diagnostics(cfg, run: Path) -> dict:
     """flow_diagnostics over the held-out clips, generated from labels alone at the eval size, with the
     exact flow and disocclusions of the synthetic sequences they were packed from; on footage, which has
-    no such truth, the PSNR of each frame index only."""
+    no such truth, ``footage_diagnostics``."""
     if not synthetic(cfg):
         return footage_diagnostics(cfg, run)
     import numpy as np

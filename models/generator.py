@@ -107,7 +107,7 @@ class Generator(nn.Module):
         """Compile each scale's networks in place (``torch.compile``, fixed shapes): the frame step
         without the OpenCV flow prior, which would break the graph."""
         # Each scale sees up to 16 input variants (first frame or not, label-only path, training or
-        # no_grad, coarser features or none, and a size per stage).
+        # no_grad, coarser features or none, finest or not, and a size per stage).
         compile_each(self.scales, mode, backend, variants=16 * len(self.scales))
 
     @property

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from models.config import LossConfig, ModelConfig, per_sample
 from models.discriminators import ImageDiscriminator, TemporalDiscriminator
@@ -235,7 +234,7 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
             # gradient through them, as from a pass of their own under no_grad).
             (d_real, d_fake, *d_extra), temporal = _judge(
                 discriminators, [(labels, real)] + sets, [window_real] * bool(windows) + windows, window_flow, True)
-            d_real, temporal = tree_map(Tensor.detach, d_real), tree_map(Tensor.detach, temporal[:1]) + temporal[1:]
+            d_real, temporal = _detached(d_real), _detached(temporal[:1]) + temporal[1:]
         else:
             with torch.no_grad():
                 d_real, temporal_real = discriminators(labels, real, [window_real] * bool(windows), window_flow)
@@ -259,6 +258,11 @@ def _update_generator(engines: Engines, settings: StepSettings, chunk: Chunk) ->
     finally:
         discriminators.requires_grad_(True)
     return losses, bad
+
+
+def _detached(outputs: Any) -> Any:
+    """Nested lists of a discriminator's outputs, every tensor detached."""
+    return outputs.detach() if isinstance(outputs, Tensor) else [_detached(x) for x in outputs]
 
 
 def _judge(discriminators: Callable[..., Any], sets: list[tuple[Tensor, Tensor]], windows: list[Tensor],

@@ -113,3 +113,7 @@ def test_the_benchmark_runs_on_footage_paired_with_its_edges(tmp_path: Path, tes
     again = {row["variant"]: row for row in json.loads((out / "quality.json").read_text())["rows"]}
     assert again["full"]["steps"] == rows["full"]["steps"] and again["full"]["curve"] == rows["full"]["curve"]
     assert again["full"]["diagnostics"] == rows["full"]["diagnostics"]  # the same model scored the same way
+    # It never trains: a run of other settings (another seed here) is refused, not trained over.
+    refused = benchmark(out, "--rescore", "--seeds", "1", *footage)
+    assert refused.returncode != 0 and "--rescore scores finished runs, and this one has not finished" in refused.stderr
+    assert not (out / "runs" / "full-seed1").exists()
