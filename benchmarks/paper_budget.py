@@ -1,6 +1,7 @@
 """The paper model's budget (``configs/paper.yaml``), counted without running it.
 
-    .venv/bin/python benchmarks/paper_budget.py [--frames 4] [--gpus 8] [--gpu-gib 80] [key=value ...]
+    .venv/bin/python benchmarks/paper_budget.py [--frames 4] [--gpus 8] [--gpu-gib 80] [--merge-passes true]
+                                                [key=value ...]
 
 Everything is counted on PyTorch's meta device (shapes and operators, no memory, no arithmetic), so the
 2048x1024 model is counted on a laptop in about a minute. For each scale the progressive schedule
@@ -10,7 +11,8 @@ with every active scale trainable (the joint phase, the largest), one sample per
   params       trainable parameters: the generator (and of them, the first-frame generator's), the image
                and temporal discriminators
   GFLOP        the generator making one frame (forward); one training step of the trainer
-               (``trainer.step.train_batch``: D and G updates per chunk, VGG perceptual terms included)
+               (``trainer.step.train_batch``: D and G updates per chunk, VGG perceptual terms included,
+               the discriminators' passes merged where the trainer merges them, ``train.merge_passes``)
                per frame of the clip. Convolutions and matrix products (``torch.utils.flop_counter``).
   act GiB      activations of one chunk of ``--frames-per-step`` frames (the graph vid2vid keeps before
                a backward): the bytes autograd saves for backward in the chunk's D and G updates, at
@@ -46,7 +48,7 @@ from models.config import ModelConfig  # noqa: E402
 from models.vgg import VGG19Features  # noqa: E402
 from trainer.config_tree import load_config  # noqa: E402
 from trainer.engines import Engines  # noqa: E402
-from trainer.step import Discriminators, StepSettings, train_batch  # noqa: E402
+from trainer.step import Discriminators, StepSettings, merged_passes, train_batch  # noqa: E402
 
 GIB = 2 ** 30
 BF16 = 2
@@ -92,7 +94,8 @@ class Budget:
 
 
 def count(model: ModelConfig, channels: int, scale: int, height: int, width: int, frames: int,
-          frames_per_step: int) -> Budget:
+          frames_per_step: int, merge_passes: bool = True) -> Budget:
+    """``merge_passes``: ``train.merge_passes``, on where the trainer turns it on for ``model``."""
     with torch.device("meta"):
         nets = build(model, channels)
         gen = nets.generator
@@ -124,7 +127,8 @@ def count(model: ModelConfig, channels: int, scale: int, height: int, width: int
         engines = Engines(PlainEngine(gen, after_backward), PlainEngine(discriminators, after_backward))
         settings = StepSettings(loss=model.loss, frames_per_step=frames_per_step,
                                 temporal_frames=model.discriminator.temporal_frames,
-                                temporal_scales=model.discriminator.temporal_scales, vgg=vgg)
+                                temporal_scales=model.discriminator.temporal_scales, vgg=vgg,
+                                **merged_passes(model, merge_passes))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 FlopCounterMode(display=False) as step_flops:
             train_batch(engines, batch, settings)
@@ -145,19 +149,23 @@ def main() -> None:
     parser.add_argument("--frames-per-step", type=int, default=2, help="train.frames_per_step")
     parser.add_argument("--gpus", type=int, default=8, help="data-parallel GPUs ZeRO 1/2 partition over")
     parser.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU")
+    parser.add_argument("--merge-passes", choices=["true", "false"], default="true",
+                        help="train.merge_passes (the trainer's default: true)")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
     args = parser.parse_args()
     tree = load_config(_Root, args.config, args.overrides)
     model, channels = tree.model, label_channels(tree.data.num_classes, has_edges=True)
     scales = model.generator.num_scales
     print(f"{Path(args.config).name}: {scales} scale(s), {channels} label channels, clip of {args.frames} frames, "
-          f"chunks of {args.frames_per_step}, one sample per GPU, counted on the meta device")
+          f"chunks of {args.frames_per_step}, merged passes {args.merge_passes}, one sample per GPU, "
+          f"counted on the meta device")
     print(f"{'scale':>5} {'size':>10} {'G params':>12} {'of which 1st':>12} {'D+D_T':>11} {'G GFLOP/frame':>14} "
           f"{'step GFLOP/frame':>17} {'act GiB/chunk':>14} " + " ".join(
               f"{f'ZeRO{s} GiB':>10}" for s in (0, 1, 2)) + f"  fits in {args.gpu_gib:.0f} GiB (ZeRO 0/1/2)")
     for scale in range(scales):
         width = args.width // 2 ** (scales - 1 - scale)
-        b = count(model, channels, scale, width // 2, width, args.frames, args.frames_per_step)
+        b = count(model, channels, scale, width // 2, width, args.frames, args.frames_per_step,
+                  args.merge_passes == "true")
         states = [b.state_gib(stage, args.gpus) for stage in (0, 1, 2)]
         fits = ["yes" if (state + b.chunk_act_gib) * HEADROOM <= args.gpu_gib else "no" for state in states]
         print(f"{scale:>5} {f'{b.width}x{b.height}':>10} {b.g_params:>12,} {b.first_frame_params:>12,} "

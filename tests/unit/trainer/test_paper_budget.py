@@ -42,6 +42,9 @@ def test_meta_counts_are_the_real_counts_and_activations_grow_with_the_frame(bud
     assert small.first_frame_params == sum(p.numel() for s in gen.scales for p in s.first_frame.parameters()) \
         - sum(p.numel() for p in gen.scales[0].first_frame["head"].parameters())
     assert small.step_gflop_per_frame > 2 * small.frame_gflop
+    # As the trainer runs it (train.merge_passes): the same arithmetic but for the merged passes' share.
+    apart = budget.count(TINY, 5, scale=1, height=32, width=64, frames=2, frames_per_step=2, merge_passes=False)
+    assert apart.frame_gflop == small.frame_gflop and apart.step_gflop_per_frame != small.step_gflop_per_frame
     larger = budget.count(TINY, 5, scale=1, height=64, width=128, frames=2, frames_per_step=2)
     assert 3.5 < larger.chunk_act_gib / small.chunk_act_gib < 4.5  # 4x the pixels
     # ZeRO: stage 1 partitions the optimizer state, stage 2 the gradients as well.
