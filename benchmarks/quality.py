@@ -228,9 +228,10 @@ def _score(run: Path, config: str, overrides: list[str], env: dict[str, str]) ->
 
 def _write_row(run: Path, row: dict) -> None:
     """A run's finished row, replacing the last whole: a run without one is trained again."""
-    staging = run / f"{SCORE_FILE}.partial"
-    staging.write_text(json.dumps(row, indent=2) + "\n")
-    os.replace(staging, run / SCORE_FILE)
+    from dataio.storage import AtomicFile
+
+    with AtomicFile(run / SCORE_FILE) as staging:
+        staging.write_text(json.dumps(row, indent=2) + "\n")
 
 
 def config_digest(config: str, overrides: list[str]) -> str:
