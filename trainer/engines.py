@@ -117,7 +117,10 @@ def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params:
     groups = [{"params": [p for p in trainable if id(p) not in fresh]},
               {"params": [p for p in trainable if id(p) in fresh]}]
     groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    # fused: torch's one-kernel Adam (CPU and CUDA), the same update to float rounding; on the CPU, where
+    # the default is a loop over tensors, 4.7-6.8x faster a step (benchmarks/adam_step.py).
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                 fused=True)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                       config=ds_config(cfg, micro_batch, dist.world_size()))
     return engine
