@@ -178,7 +178,8 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
         # after that step; create and link it now so the moments can be written in.
         flat = zero.single_partition_of_fp32_groups[index]
         step = next(saved[id(p)]["step"] for p in params if _group_index(engine, p) == index)
-        inner.state[flat] = {"step": step.clone(), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
+        # On the weights' device: the fused Adam steps each device's tensors with their own step counts.
+        inner.state[flat] = {"step": step.to(flat.device, copy=True), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
         lazy_init_hp_params_optimizer_state(zero.bit16_groups[index], flat, inner.state)
     for param in params:
         state = saved[id(param)]
@@ -186,7 +187,8 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
             for key in ADAM_KEYS:
                 safe_set_full_optimizer_state(param, state[key], key)
         else:
-            inner.state[param] = {"step": state["step"].clone(), **{k: state[k].clone() for k in ADAM_KEYS}}
+            inner.state[param] = {"step": state["step"].to(param.device, copy=True),
+                                  **{k: state[k].clone() for k in ADAM_KEYS}}
     return len(params)
 
 
