@@ -18,7 +18,8 @@ no kernel on a GPU. Then the demo step is timed at a tiny size, where compute is
 overhead), and at the demo size, in the same invocation: their ratio is the share of the demo step the
 host alone would take. ``--against REV`` measures the demo trainer's step (operators and host time at
 the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
-of its own, and prints the ratios: a change measured against the code it replaced. It also counts with
+of its own, and prints the ratios: a change measured against the code it replaced; once on plain modules,
+once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: their hooks and Adam's step too). It also counts with
 the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
 counted in one step against the profiler's 737, 2026-12-04), so the profiler's count is what a step
 dispatches when nothing watches it, nested calls included or the outermost only.
@@ -92,25 +93,31 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
 
 
 def against(rev: str, height: int, width: int, frames: int, repeats: int) -> None:
-    """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own."""
+    """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own: the
+    step on plain modules, then on the trainer's DeepSpeed engines (their hooks and Adam included)."""
     with tempfile.TemporaryDirectory(prefix="op-count-") as scratch:
         old = export(rev, Path(scratch))
         shutil.copy(REPO / "benchmarks" / "step_cost.py", old / "benchmarks" / "step_cost.py")
-        costs = {}
-        for name, tree in ((rev, old), ("this tree", REPO)):
-            done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height", str(height),
-                                   "--width", str(width), "--frames", str(frames), "--repeats", str(repeats)],
-                                  cwd=tree, capture_output=True, text=True, check=True)
-            costs[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            cost = costs[name]
-            print(f"  trainer's step at {width}x{height}, {name}: {cost['operators']} operators "
-                  f"({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen calls, "
-                  f"{cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
-    then, now = costs[rev], costs["this tree"]
-    print(f"  this tree against {rev}: {then['operators'] / now['operators']:.2f}x fewer operators, "
-          f"{then['computing'] / now['computing']:.2f}x fewer that are not views or aliases; profiler: "
-          f"{then['profiled'] / now['profiled']:.2f}x fewer ATen calls, {then['outermost'] / now['outermost']:.2f}x "
-          f"fewer outermost; host time {then['seconds'] / now['seconds']:.2f}x faster")
+        for engines in ("plain", "deepspeed"):
+            costs = {}
+            for name, tree in ((rev, old), ("this tree", REPO)):
+                done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height",
+                                       str(height), "--width", str(width), "--frames", str(frames), "--repeats",
+                                       str(repeats), "--engines", engines],
+                                      cwd=tree, capture_output=True, text=True, check=True)
+                costs[name] = cost = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"  trainer's step at {width}x{height} on {ENGINES[engines]}, {name}: {cost['operators']} "
+                      f"operators ({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen "
+                      f"calls, {cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
+            then, now = costs[rev], costs["this tree"]
+            print(f"  this tree against {rev} on {ENGINES[engines]}: {then['operators'] / now['operators']:.2f}x "
+                  f"fewer operators, {then['computing'] / now['computing']:.2f}x fewer that are not views or "
+                  f"aliases; profiler: {then['profiled'] / now['profiled']:.2f}x fewer ATen calls, "
+                  f"{then['outermost'] / now['outermost']:.2f}x fewer outermost; host time "
+                  f"{then['seconds'] / now['seconds']:.2f}x faster", flush=True)
+
+
+ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines with Adam"}
 
 
 def main() -> None:

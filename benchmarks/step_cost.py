@@ -4,8 +4,10 @@ working tree and on a copy of commit REV, each in a process of its own, so that 
 against the code it replaced in one invocation. It reads only what every tree since 2026-12-04 has
 (``train.merge_passes`` where the tree has it, at its default).
 
-The step is ``trainer.step.train_batch`` over chunks of 2 frames, VGG terms off, on plain modules
-(``paper_budget.PlainEngine``: DeepSpeed's hooks and the optimizer come on top), one clip, one thread.
+The step is ``trainer.step.train_batch`` over chunks of 2 frames, VGG terms off, one clip, one thread,
+on plain modules (``paper_budget.PlainEngine``: DeepSpeed's hooks and the optimizer come on top), or with
+``--engines deepspeed`` on the trainer's own engines (``trainer.engines.build``: DeepSpeed, ZeRO 0, fp32,
+a one-process group, Adam as the tree builds it): the whole step as the trainer runs it.
 
     .venv/bin/python benchmarks/step_cost.py --height 16 --width 32      # the demo model, tiny size
 """
@@ -60,22 +62,32 @@ class OpCounter(TorchDispatchMode):
 
 
 def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int,
-                 merge_passes: bool = True, frames_per_step: int = 2) -> Callable[[], object]:
-    """The trainer's step on plain modules, as a callable (``merge_passes``: ``train.merge_passes``)."""
+                 merge_passes: bool = True, frames_per_step: int = 2, engines: str = "plain") -> Callable[[], object]:
+    """The trainer's step as a callable (``merge_passes``: ``train.merge_passes``), on plain modules or
+    (``engines="deepspeed"``) on the trainer's DeepSpeed engines."""
     S = trainer_step_module
     torch.manual_seed(0)
     channels = classes + 1  # with instance edges
     nets = build(model, channels)
     nets.generator.set_active_scales(model.generator.num_scales)
-    engines = Engines(PlainEngine(nets.generator),
-                      PlainEngine(S.Discriminators(nets.image_discriminator, nets.temporal_discriminator)))
+    discriminators = S.Discriminators(nets.image_discriminator, nets.temporal_discriminator)
+    if engines == "deepspeed":
+        from trainer import distributed as dist
+        from trainer import engines as engine_module
+        from trainer.config import EngineConfig
+
+        dist.init()
+        config = EngineConfig(zero_stage=0, precision="fp32")
+        pair = Engines(engine_module.build(nets.generator, config, 1), engine_module.build(discriminators, config, 1))
+    else:
+        pair = Engines(PlainEngine(nets.generator), PlainEngine(discriminators))
     batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
     merged = S.merged_passes(model, merge_passes) if hasattr(S, "merged_passes") else {}
     settings = S.StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
                               frames_per_step=frames_per_step,
                               temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
                               temporal_scales=model.discriminator.temporal_scales, **merged)
-    return lambda: S.train_batch(engines, batch, settings)
+    return lambda: S.train_batch(pair, batch, settings)
 
 
 def profiled(step: Callable[[], object]) -> tuple[int, int]:
@@ -116,17 +128,23 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engines", choices=["plain", "deepspeed"], default="plain")
     args = parser.parse_args()
     from cluster.config import load
 
     torch.set_num_threads(1)
-    step = trainer_step(load(args.config).model, args.classes, args.height, args.width, args.frames)
+    step = trainer_step(load(args.config).model, args.classes, args.height, args.width, args.frames,
+                        engines=args.engines)
     step()
     with OpCounter() as counter:
         step()
     calls, outermost = profiled(step)
     print(json.dumps({"operators": counter.total, "computing": counter.computing, "profiled": calls,
-                      "outermost": outermost, "seconds": timed(step, args.repeats)}))
+                      "outermost": outermost, "seconds": timed(step, args.repeats)}), flush=True)
+    if args.engines == "deepspeed":
+        from trainer import distributed as dist
+
+        dist.exit_process(0)  # DeepSpeed's process group: leave as the trainer does
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ keep training are copied from the old engine to the new one (``optimizer_state``
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,20 @@ def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params:
                                  fused=True)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                       config=ds_config(cfg, micro_batch, dist.world_size()))
+    if cfg.zero_stage == 0 and dist.world_size() == 1:
+        # One rank's all-reduce is the identity, but DeepSpeed's ZeRO 0 still flattens every gradient into
+        # a bucket, reduces it and copies it back after each backward (12% of the demo step at a tiny size:
+        # benchmarks/op_count.py). What it does besides, kept: a trainable parameter without a gradient
+        # gets zeros (the temporal discriminator in a chunk with no window yet), so that Adam steps it as
+        # it does on N ranks and under ZeRO 1/2. ZeRO 1/2 move gradients into their partitions there.
+        engine.allreduce_gradients = functools.partial(_zero_missing_gradients, list(module.parameters()))
     return engine
+
+
+def _zero_missing_gradients(params: list[nn.Parameter], *args: Any, **kwargs: Any) -> None:
+    for param in params:
+        if param.requires_grad and param.grad is None:
+            param.grad = torch.zeros_like(param)
 
 
 def set_lr(engine, lr: float) -> None:

@@ -139,6 +139,7 @@ def run(stage: int, out: Path, carry: bool = True) -> dict:
     resumed_losses = gan_step(fresh.generator, fresh.discriminator, mine(x), mine(real))
     diff_resumed = max(max_diff(g2, g), max_diff(d2, d))
     fused = [engines.inner_optimizer(e).defaults["fused"] for e in (fresh.generator, fresh.discriminator)]
+    own_reduction = any("allreduce_gradients" in vars(e) for e in (fresh.generator, fresh.discriminator))
     fresh.destroy()
     # Our own files load without unpickling code. (DeepSpeed's ZeRO optimizer shards do not: they
     # pickle a LossScaler object; DeepSpeed loads those itself.)
@@ -147,7 +148,7 @@ def run(stage: int, out: Path, carry: bool = True) -> dict:
     return {"losses": losses, "diff_before": diff_before, "diff_after": diff_after, "restored": restored,
             "same_across_ranks": same_across_ranks, "next": next_losses, "resumed": resumed_losses,
             "diff_resumed": diff_resumed, "weights_only_ok": weights_only_ok,
-            "fused": fused}
+            "fused": fused, "own_reduction": own_reduction}
 
 
 def main() -> None:

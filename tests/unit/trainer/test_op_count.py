@@ -42,13 +42,18 @@ def test_counts_do_not_depend_on_the_frame_size_and_grow_with_the_clip(op_count)
 
 def test_against_a_commit_measures_both_trees(op_count, capsys) -> None:
     """``--against REV``: step_cost.py on a copy of the commit (here HEAD) and on this tree, each in a
-    process of its own; HEAD has the same step as a clean checkout, so the counts agree there."""
+    process of its own, on plain modules and on the trainer's DeepSpeed engines (whose hooks and Adam
+    dispatch operators of their own)."""
     op_count.against("HEAD", 16, 32, frames=2, repeats=1)
     out = capsys.readouterr().out
-    counts = [int(n) for n in re.findall(r"trainer's step at 32x16, (?:HEAD|this tree): (\d+) operators", out)]
-    assert len(counts) == 2 and min(counts) > 1000, out
-    assert re.search(r"this tree against HEAD: [\d.]+x fewer operators, [\d.]+x fewer that are not views or "
-                     r"aliases; profiler: [\d.]+x fewer ATen calls, [\d.]+x fewer outermost; host time [\d.]+x "
-                     r"faster", out), out
+    counts = {engines: [int(n) for n in re.findall(
+        rf"trainer's step at 32x16 on {re.escape(label)}, (?:HEAD|this tree): (\d+) operators", out)]
+        for engines, label in op_count.ENGINES.items()}
+    assert all(len(found) == 2 for found in counts.values()) and min(counts["plain"]) > 1000, out
+    assert min(counts["deepspeed"]) > max(counts["plain"]), out
+    for label in op_count.ENGINES.values():
+        assert re.search(rf"this tree against HEAD on {re.escape(label)}: [\d.]+x fewer operators, [\d.]+x fewer "
+                         r"that are not views or aliases; profiler: [\d.]+x fewer ATen calls, [\d.]+x fewer "
+                         r"outermost; host time [\d.]+x faster", out), out
     outermost = [int(n) for n in re.findall(r"ATen calls, (\d+) outermost", out)]
-    assert len(outermost) == 2 and min(outermost) > 1000, out
+    assert len(outermost) == 4 and min(outermost) > 1000, out

@@ -1,0 +1,71 @@
+"""Run by test_one_rank_engines.py in a process of its own (a one-rank DeepSpeed group): the trainer's
+step on ZeRO 0 engines as ``trainer.engines.build`` makes them at one rank, and with DeepSpeed's own
+gradient reduction put back; prints what both trained, as JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny_training import CHANNELS, TINY, clips  # noqa: E402
+from models.build import build  # noqa: E402
+from trainer import distributed as dist  # noqa: E402
+from trainer import engines  # noqa: E402
+from trainer.config import EngineConfig  # noqa: E402
+from trainer.step import Discriminators, StepSettings, merged_passes, train_batch  # noqa: E402
+
+filled: list[int] = []
+_fill = engines._zero_missing_gradients
+
+
+def counting_fill(params, *args, **kwargs) -> None:
+    filled.append(sum(p.requires_grad and p.grad is None for p in params))
+    _fill(params, *args, **kwargs)
+
+
+def train(precision: str, deepspeeds_reduction: bool) -> tuple[list[torch.Tensor], bool]:
+    torch.manual_seed(0)
+    nets = build(TINY, CHANNELS)
+    config = EngineConfig(zero_stage=0, precision=precision, lr=1e-3)
+    pair = engines.Engines(engines.build(nets.generator, config, 1),
+                           engines.build(Discriminators(nets.image_discriminator, nets.temporal_discriminator),
+                                         config, 1))
+    replaced = all("allreduce_gradients" in vars(e) for e in (pair.generator, pair.discriminator))
+    if deepspeeds_reduction:
+        for engine in (pair.generator, pair.discriminator):
+            del engine.allreduce_gradients
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
+                            temporal_scales=TINY.discriminator.temporal_scales, dtype=dtype, **merged_passes(TINY))
+    batch = clips(4, 16, 32)
+    for _ in range(3):
+        train_batch(pair, batch, settings)
+    weights = [p.detach().float().clone() for module in (nets.generator, nets.image_discriminator,
+                                                         nets.temporal_discriminator) for p in module.parameters()]
+    pair.destroy()
+    return weights, replaced
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    dist.init()
+    engines._zero_missing_gradients = counting_fill
+    out = {}
+    for precision in ("fp32", "bf16"):
+        filled.clear()
+        ours, replaced = train(precision, deepspeeds_reduction=False)
+        fills = sum(filled)
+        theirs, _ = train(precision, deepspeeds_reduction=True)
+        out[precision] = {"replaced": replaced, "filled": fills,
+                          "identical": all(torch.equal(a, b) for a, b in zip(ours, theirs))}
+    print(json.dumps(out), flush=True)
+    dist.exit_process(0)
+
+
+if __name__ == "__main__":
+    main()
