@@ -25,13 +25,14 @@ counted in one step against the profiler's 737, 2026-12-04), so the profiler's c
 dispatches when nothing watches it, nested calls included or the outermost only.
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
-    .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7
+    .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7 [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,29 +93,33 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
     return counter.total, counter
 
 
-def against(rev: str, height: int, width: int, frames: int, repeats: int) -> None:
+def against(rev: str, height: int, width: int, frames: int, repeats: int, rounds: int = 1) -> None:
     """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own: the
-    step on plain modules, then on the trainer's DeepSpeed engines (their hooks and Adam included)."""
+    step on plain modules, then on the trainer's DeepSpeed engines (their hooks and Adam included).
+    ``rounds``: the two trees' processes alternate that many times; the host time is each tree's median."""
     with tempfile.TemporaryDirectory(prefix="op-count-") as scratch:
         old = export(rev, Path(scratch))
         shutil.copy(REPO / "benchmarks" / "step_cost.py", old / "benchmarks" / "step_cost.py")
         for engines in ("plain", "deepspeed"):
-            costs = {}
-            for name, tree in ((rev, old), ("this tree", REPO)):
-                done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height",
-                                       str(height), "--width", str(width), "--frames", str(frames), "--repeats",
-                                       str(repeats), "--engines", engines],
-                                      cwd=tree, capture_output=True, text=True, check=True)
-                costs[name] = cost = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"  trainer's step at {width}x{height} on {ENGINES[engines]}, {name}: {cost['operators']} "
-                      f"operators ({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen "
-                      f"calls, {cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
-            then, now = costs[rev], costs["this tree"]
+            costs: dict[str, list[dict]] = {rev: [], "this tree": []}
+            for _ in range(rounds):
+                for name, tree in ((rev, old), ("this tree", REPO)):
+                    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height",
+                                           str(height), "--width", str(width), "--frames", str(frames),
+                                           "--repeats", str(repeats), "--engines", engines],
+                                          cwd=tree, capture_output=True, text=True, check=True)
+                    costs[name].append(cost := json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(f"  trainer's step at {width}x{height} on {ENGINES[engines]}, {name}: {cost['operators']} "
+                          f"operators ({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen "
+                          f"calls, {cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
+            then, now = costs[rev][0], costs["this tree"][0]
+            seconds = {name: statistics.median(c["seconds"] for c in runs) for name, runs in costs.items()}
             print(f"  this tree against {rev} on {ENGINES[engines]}: {then['operators'] / now['operators']:.2f}x "
                   f"fewer operators, {then['computing'] / now['computing']:.2f}x fewer that are not views or "
                   f"aliases; profiler: {then['profiled'] / now['profiled']:.2f}x fewer ATen calls, "
                   f"{then['outermost'] / now['outermost']:.2f}x fewer outermost; host time "
-                  f"{then['seconds'] / now['seconds']:.2f}x faster", flush=True)
+                  f"{seconds[rev] / seconds['this tree']:.2f}x faster (medians of {rounds} process(es) each, "
+                  f"{seconds[rev]:.3f} s against {seconds['this tree']:.3f} s)", flush=True)
 
 
 ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines with Adam"}
@@ -128,6 +133,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="most frequent operators listed")
     parser.add_argument("--against", metavar="REV", help="also measure the demo trainer's step on commit REV "
                                                           "and on this tree, each in a process of its own")
+    parser.add_argument("--rounds", type=int, default=1, help="--against: processes per tree, alternating "
+                                                              "(the host time is each tree's median)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # see step_flops.py: one thread is the stable measurement on a shared host
     print(f"torch {torch.__version__}, 1 thread; counts do not depend on the device or the size")
@@ -157,7 +164,7 @@ def main() -> None:
             print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
             if args.against:
-                against(args.against, height, width, args.frames, args.repeats)
+                against(args.against, height, width, args.frames, args.repeats, args.rounds)
 
 
 if __name__ == "__main__":
