@@ -18,9 +18,9 @@ no kernel on a GPU. Then the demo step is timed at a tiny size, where compute is
 overhead), and at the demo size, in the same invocation: their ratio is the share of the demo step the
 host alone would take. ``--against REV`` measures the demo trainer's step (operators and host time at
 the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
-of its own, and prints the ratios: a change measured against the code it replaced; once on plain modules,
-once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: their hooks and Adam's step too). It also counts with
-the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
+of its own, and prints the ratios: a change measured against the code it replaced; once on plain
+modules, once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: their hooks and Adam's
+step too). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
 counted in one step against the profiler's 737, 2026-12-04), so the profiler's count is what a step
 dispatches when nothing watches it, nested calls included or the outermost only.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -93,6 +94,9 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
     return counter.total, counter
 
 
+ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines (ZeRO 0, fp32, one rank) with Adam"}
+
+
 def against(rev: str, height: int, width: int, frames: int, repeats: int, rounds: int = 1) -> None:
     """``step_cost.py`` on a copy of commit ``rev`` and on this tree, each in a process of its own: the
     step on plain modules, then on the trainer's DeepSpeed engines (their hooks and Adam included).
@@ -107,7 +111,8 @@ def against(rev: str, height: int, width: int, frames: int, repeats: int, rounds
                     done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height",
                                            str(height), "--width", str(width), "--frames", str(frames),
                                            "--repeats", str(repeats), "--engines", engines],
-                                          cwd=tree, capture_output=True, text=True, check=True)
+                                          cwd=tree, capture_output=True, text=True, check=True,
+                                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # a CPU measure
                     costs[name].append(cost := json.loads(done.stdout.strip().splitlines()[-1]))
                     print(f"  trainer's step at {width}x{height} on {ENGINES[engines]}, {name}: {cost['operators']} "
                           f"operators ({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen "
@@ -120,9 +125,6 @@ def against(rev: str, height: int, width: int, frames: int, repeats: int, rounds
                   f"{then['outermost'] / now['outermost']:.2f}x fewer outermost; host time "
                   f"{seconds[rev] / seconds['this tree']:.2f}x faster (medians of {rounds} process(es) each, "
                   f"{seconds[rev]:.3f} s against {seconds['this tree']:.3f} s)", flush=True)
-
-
-ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines with Adam"}
 
 
 def main() -> None:

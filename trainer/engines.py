@@ -5,7 +5,11 @@ The GAN has two engines (generator; discriminators), as in DeepSpeed's DCGAN tut
 optimizer, ZeRO partitioning and checkpoint folder. Facts this module is built around (measured, see
 docs/platform.md): a client ``torch.optim.Adam`` avoids the 2-minute JIT build of FusedAdam / cpu_adam;
 ``gradient_clipping`` silently defaults to 1.0 unless set; each engine needs its own checkpoint folder
-(each writes a ``latest`` file); fp16 is refused on CPU.
+(each writes a ``latest`` file); fp16 is refused on CPU. Adam is torch's fused one (one kernel, not the
+per-tensor loop torch picks on the CPU). Under ZeRO 0 in bf16 DeepSpeed wraps it in
+``FP16_UnfusedOptimizer``, which hands Adam fp32 copies of the weights (``_master``). At one rank under
+ZeRO 0 the engine's gradient all-reduce is replaced by what it does besides reducing
+(``_zero_missing_gradients``).
 
 Engines are rebuilt when the set of trainable parameters changes (a new generator scale). The module
 objects survive the rebuild, so weights carry over as they are; the Adam moments of parameters that
@@ -124,17 +128,19 @@ def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params:
                                  fused=True)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                       config=ds_config(cfg, micro_batch, dist.world_size()))
-    if cfg.zero_stage == 0 and dist.world_size() == 1:
+    if cfg.zero_stage == 0 and engine.dp_world_size == 1:
         # One rank's all-reduce is the identity, but DeepSpeed's ZeRO 0 still flattens every gradient into
-        # a bucket, reduces it and copies it back after each backward (12% of the demo step at a tiny size:
-        # benchmarks/op_count.py). What it does besides, kept: a trainable parameter without a gradient
-        # gets zeros (the temporal discriminator in a chunk with no window yet), so that Adam steps it as
-        # it does on N ranks and under ZeRO 1/2. ZeRO 1/2 move gradients into their partitions there.
+        # a bucket, reduces it and copies it back after each backward (6.5% of the demo step at a tiny
+        # size: docs/performance.md). ZeRO 1/2 keep theirs: it is what moves the gradients into their
+        # flat partitions.
         engine.allreduce_gradients = functools.partial(_zero_missing_gradients, list(module.parameters()))
     return engine
 
 
-def _zero_missing_gradients(params: list[nn.Parameter], *args: Any, **kwargs: Any) -> None:
+def _zero_missing_gradients(params: list[nn.Parameter], bucket_size: int = 0) -> None:
+    """What DeepSpeed's reduction does besides reducing: zeros for a trainable parameter without a
+    gradient (the temporal discriminator in a chunk with no window yet), so that Adam steps it from its
+    moments as it does on N ranks and under ZeRO 1/2. ``bucket_size``: the reduction's, unused."""
     for param in params:
         if param.requires_grad and param.grad is None:
             param.grad = torch.zeros_like(param)
@@ -162,7 +168,7 @@ def optimizer_state(engine, params: Iterable[nn.Parameter]) -> dict[int, dict[st
             state = {k: safe_get_full_optimizer_state(param, k) for k in ADAM_KEYS}
             state["step"] = step
         else:
-            raw = inner_optimizer(engine).state.get(param)
+            raw = inner_optimizer(engine).state.get(_master(engine, param))
             if not raw:
                 continue
             state = {k: raw[k].detach().clone() for k in ADAM_KEYS}
@@ -201,9 +207,33 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
             for key in ADAM_KEYS:
                 safe_set_full_optimizer_state(param, state[key], key)
         else:
-            inner.state[param] = {"step": state["step"].to(param.device, copy=True),
-                                  **{k: state[k].clone() for k in ADAM_KEYS}}
+            master = _master(engine, param)
+            inner.state[master] = {"step": state["step"].to(master.device, copy=True),
+                                   **{k: state[k].to(master.device, copy=True) for k in ADAM_KEYS}}
     return len(params)
+
+
+def _keep_fused(engine) -> None:
+    """Loading an optimizer state takes its param groups as saved: a checkpoint of the per-tensor Adam
+    (before it was fused) turns the fused kernel off. Turn it back on, each step count where the kernel
+    reads it (float32, on the weights' device); the maths is the same either way."""
+    inner = inner_optimizer(engine)
+    for group in inner.param_groups:
+        group["fused"] = True
+        for param in group["params"]:
+            state = inner.state.get(param)
+            if state and "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(param.device)
+
+
+def _master(engine, param: nn.Parameter) -> nn.Parameter:
+    """The tensor Adam updates for ``param`` under ZeRO 0: the parameter itself, or in bf16 its fp32 copy
+    (DeepSpeed's ``FP16_UnfusedOptimizer`` keeps ``fp32_groups`` beside the model's ``fp16_groups``)."""
+    for low, high in zip(getattr(engine.optimizer, "fp16_groups", []), getattr(engine.optimizer, "fp32_groups", [])):
+        for candidate, master in zip(low, high):
+            if candidate is param:
+                return master
+    return param
 
 
 def _link_fragments(engine, index: int) -> None:
@@ -269,6 +299,7 @@ class Engines:
                                              load_lr_scheduler_states=False)
             if path is None:
                 raise FileNotFoundError(f"no {name} engine checkpoint in {folder / name}")
+            _keep_fused(engine)
 
     def destroy(self) -> None:
         for engine in (self.generator, self.discriminator):

@@ -1,6 +1,6 @@
 """Run by test_one_rank_engines.py in a process of its own (a one-rank DeepSpeed group): the trainer's
 step on ZeRO 0 engines as ``trainer.engines.build`` makes them at one rank, and with DeepSpeed's own
-gradient reduction put back; prints what both trained, as JSON."""
+gradient reduction put back; and Adam's moments carried across a rebuild in bf16. Prints JSON."""
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +51,28 @@ def train(precision: str, deepspeeds_reduction: bool) -> tuple[list[torch.Tensor
     return weights, replaced
 
 
+def bf16_carry() -> dict:
+    """Two Adam steps of a bf16 ZeRO 0 engine, its moments carried into a rebuilt engine, read back."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    config = EngineConfig(zero_stage=0, precision="bf16", lr=1e-2)
+    engine = engines.build(module, config, 1)
+    for _ in range(2):
+        engine.backward(engine(torch.randn(1, 4, dtype=torch.bfloat16)).float().sum())
+        engine.step()
+    saved = engines.optimizer_state(engine, module.parameters())
+    engine.destroy()
+    rebuilt = engines.build(module, config, 1)
+    restored = engines.load_optimizer_state(rebuilt, module.parameters(), saved)
+    back = engines.optimizer_state(rebuilt, module.parameters())
+    same = bool(saved) and all(torch.equal(back[key][name], saved[key][name])
+                               for key in saved for name in ("exp_avg", "exp_avg_sq", "step"))
+    moved = any(state["exp_avg"].abs().sum() > 0 for state in saved.values())
+    rebuilt.destroy()
+    return {"params": len(list(module.parameters())), "carried": len(saved), "restored": restored,
+            "same": same, "moments_nonzero": bool(moved)}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     dist.init()
@@ -63,6 +85,7 @@ def main() -> None:
         theirs, _ = train(precision, deepspeeds_reduction=True)
         out[precision] = {"replaced": replaced, "filled": fills,
                           "identical": all(torch.equal(a, b) for a, b in zip(ours, theirs))}
+    out["bf16_carry"] = bf16_carry()
     print(json.dumps(out), flush=True)
     dist.exit_process(0)
 
