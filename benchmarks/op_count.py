@@ -20,7 +20,8 @@ host alone would take. ``--against REV`` measures the demo trainer's step (opera
 the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
 of its own, and prints the ratios: a change measured against the code it replaced; once on plain
 modules, once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: their hooks and Adam's
-step too). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
+step too). It also counts the step on bf16 ZeRO 2 engines with and without DeepSpeed's gradient overflow
+check (``check_grad_overflow``). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
 counted in one step against the profiler's 737, 2026-12-04), so the profiler's count is what a step
 dispatches when nothing watches it, nested calls included or the outermost only.
 
@@ -94,6 +95,29 @@ def trainer_step_ops(model: ModelConfig, classes: int, height: int, width: int, 
     return counter.total, counter
 
 
+def step_cost(tree: Path, height: int, width: int, frames: int, repeats: int, *options: str) -> dict:
+    """``benchmarks/step_cost.py`` of ``tree`` in a process of its own (CUDA hidden: a CPU measure)."""
+    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height", str(height),
+                           "--width", str(width), "--frames", str(frames), "--repeats", str(repeats), *options],
+                          cwd=tree, capture_output=True, text=True, check=True,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def overflow_check_cost(height: int, width: int, frames: int) -> None:
+    """The trainer's step on bf16 ZeRO 2 engines (the GPU checks' setting) with DeepSpeed's per-tensor
+    gradient overflow check and without it (``train.<engine>.check_grad_overflow``, off by default):
+    operators only, as bf16 on the CPU says nothing of a GPU's time."""
+    counts = {check: step_cost(REPO, height, width, frames, 1, "--engines", "deepspeed", "--engine", "zero_stage=2",
+                               "precision=bf16", f"check_grad_overflow={str(check).lower()}")
+              for check in (True, False)}
+    on, off = counts[True], counts[False]
+    print(f"  trainer's step at {width}x{height} on DeepSpeed engines (ZeRO 2, bf16, one rank): {on['operators']} "
+          f"operators ({on['computing']} not views or aliases) with DeepSpeed's gradient overflow check, "
+          f"{off['operators']} ({off['computing']}) without (check_grad_overflow: false, the default): "
+          f"{on['computing'] / off['computing']:.2f}x fewer that are not views or aliases", flush=True)
+
+
 ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines (ZeRO 0, fp32, one rank) with Adam"}
 
 
@@ -108,12 +132,7 @@ def against(rev: str, height: int, width: int, frames: int, repeats: int, rounds
             costs: dict[str, list[dict]] = {rev: [], "this tree": []}
             for _ in range(rounds):
                 for name, tree in ((rev, old), ("this tree", REPO)):
-                    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "step_cost.py"), "--height",
-                                           str(height), "--width", str(width), "--frames", str(frames),
-                                           "--repeats", str(repeats), "--engines", engines],
-                                          cwd=tree, capture_output=True, text=True, check=True,
-                                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # a CPU measure
-                    costs[name].append(cost := json.loads(done.stdout.strip().splitlines()[-1]))
+                    costs[name].append(cost := step_cost(tree, height, width, frames, repeats, "--engines", engines))
                     print(f"  trainer's step at {width}x{height} on {ENGINES[engines]}, {name}: {cost['operators']} "
                           f"operators ({cost['computing']} not views or aliases); profiler: {cost['profiled']} ATen "
                           f"calls, {cost['outermost']} outermost; {cost['seconds']:.3f} s", flush=True)
@@ -165,6 +184,7 @@ def main() -> None:
             host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
             print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
+            overflow_check_cost(height, width, args.frames)
             if args.against:
                 against(args.against, height, width, args.frames, args.repeats, args.rounds)
 

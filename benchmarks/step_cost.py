@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 TREE = Path(__file__).resolve().parents[1]
@@ -62,9 +63,11 @@ class OpCounter(TorchDispatchMode):
 
 
 def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int,
-                 merge_passes: bool = True, frames_per_step: int = 2, engines: str = "plain") -> Callable[[], object]:
+                 merge_passes: bool = True, frames_per_step: int = 2, engines: str = "plain",
+                 engine: dict | None = None) -> Callable[[], object]:
     """The trainer's step as a callable (``merge_passes``: ``train.merge_passes``), on plain modules or
-    (``engines="deepspeed"``) on the trainer's DeepSpeed engines."""
+    (``engines="deepspeed"``) on the trainer's DeepSpeed engines, ZeRO 0 in fp32 unless ``engine`` (an
+    ``EngineConfig``'s fields) says otherwise."""
     S = trainer_step_module
     torch.manual_seed(0)
     channels = classes + 1  # with instance edges
@@ -77,16 +80,17 @@ def trainer_step(model: ModelConfig, classes: int, height: int, width: int, fram
         from trainer.config import EngineConfig
 
         dist.init()
-        config = EngineConfig(zero_stage=0, precision="fp32")
+        config = EngineConfig(**{"zero_stage": 0, "precision": "fp32", **(engine or {})})
         pair = Engines(engine_module.build(nets.generator, config, 1), engine_module.build(discriminators, config, 1))
     else:
         pair = Engines(PlainEngine(nets.generator), PlainEngine(discriminators))
     batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
+    bf16 = {"dtype": torch.bfloat16} if (engine or {}).get("precision") == "bf16" else {}
     merged = S.merged_passes(model, merge_passes) if hasattr(S, "merged_passes") else {}
     settings = S.StepSettings(loss=dataclasses.replace(model.loss, perceptual=0.0, style=0.0),
                               frames_per_step=frames_per_step,
                               temporal_frames=model.discriminator.temporal_frames if nets.temporal_discriminator else 0,
-                              temporal_scales=model.discriminator.temporal_scales, **merged)
+                              temporal_scales=model.discriminator.temporal_scales, **merged, **bf16)
     return lambda: S.train_batch(pair, batch, settings)
 
 
@@ -129,12 +133,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--engines", choices=["plain", "deepspeed"], default="plain")
+    parser.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="--engines deepspeed: EngineConfig fields, e.g. zero_stage=2 precision=bf16 "
+                             "check_grad_overflow=true (default: ZeRO 0, fp32)")
     args = parser.parse_args()
     from cluster.config import load
 
     torch.set_num_threads(1)
     step = trainer_step(load(args.config).model, args.classes, args.height, args.width, args.frames,
-                        engines=args.engines)
+                        engines=args.engines,
+                        engine={key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.engine)})
     step()
     with OpCounter() as counter:
         step()

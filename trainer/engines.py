@@ -78,7 +78,7 @@ def ds_config(cfg: EngineConfig, micro_batch: int, world: int) -> dict[str, Any]
         "train_batch_size": micro_batch * world,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": precision(cfg) == "bf16"},
+        "bf16": {"enabled": precision(cfg) == "bf16", "check_grad_overflow": cfg.check_grad_overflow},
         "steps_per_print": 10**9,  # we log ourselves; DeepSpeed's prints would interleave across ranks
         "wall_clock_breakdown": False,
     }

@@ -1,6 +1,7 @@
 """Run by test_one_rank_engines.py in a process of its own (a one-rank DeepSpeed group): the trainer's
 step on ZeRO 0 engines as ``trainer.engines.build`` makes them at one rank, and with DeepSpeed's own
-gradient reduction put back; and Adam's moments carried across a rebuild in bf16. Prints JSON."""
+gradient reduction put back; Adam's moments carried across a rebuild in bf16; bf16 ZeRO 2 with and
+without DeepSpeed's gradient overflow check. Prints JSON."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,10 +29,10 @@ def counting_fill(params, *args, **kwargs) -> None:
     _fill(params, *args, **kwargs)
 
 
-def train(precision: str, deepspeeds_reduction: bool) -> tuple[list[torch.Tensor], bool]:
+def train(precision: str, deepspeeds_reduction: bool = False, **engine) -> tuple[list[torch.Tensor], bool]:
     torch.manual_seed(0)
     nets = build(TINY, CHANNELS)
-    config = EngineConfig(zero_stage=0, precision=precision, lr=1e-3)
+    config = EngineConfig(**{"zero_stage": 0, "precision": precision, "lr": 1e-3, **engine})
     pair = engines.Engines(engines.build(nets.generator, config, 1),
                            engines.build(Discriminators(nets.image_discriminator, nets.temporal_discriminator),
                                          config, 1))
@@ -86,6 +87,15 @@ def main() -> None:
         out[precision] = {"replaced": replaced, "filled": fills,
                           "identical": all(torch.equal(a, b) for a, b in zip(ours, theirs))}
     out["bf16_carry"] = bf16_carry()
+    # bf16 ZeRO 2 with DeepSpeed's gradient overflow check and without (the default): the check only reads.
+    checked, _ = train("bf16", zero_stage=2, check_grad_overflow=True)
+    unchecked, _ = train("bf16", zero_stage=2)
+    out["overflow_check_only_reads"] = all(torch.equal(a, b) for a, b in zip(checked, unchecked))
+    torch.manual_seed(0)
+    start = build(TINY, CHANNELS)
+    initial = [p.detach().float() for module in (start.generator, start.image_discriminator,
+                                                 start.temporal_discriminator) for p in module.parameters()]
+    out["bf16_zero2_trained"] = any(not torch.equal(a, b) for a, b in zip(initial, unchecked))
     print(json.dumps(out), flush=True)
     dist.exit_process(0)
 

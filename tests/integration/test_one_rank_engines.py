@@ -39,3 +39,9 @@ def test_bf16_zero0_rebuild_carries_adams_moments() -> None:
     assert r["moments_nonzero"], r
     assert r["carried"] == r["restored"] == r["params"], r
     assert r["same"], r
+
+
+def test_without_deepspeeds_overflow_check_bf16_trains_the_same() -> None:
+    """``check_grad_overflow: false`` (the default) drops a per-tensor check that only reads gradients
+    (and skips a step when one overflows, which these do not)."""
+    assert worker()["bf16_zero2_trained"] and worker()["overflow_check_only_reads"]

@@ -57,3 +57,13 @@ def test_against_a_commit_measures_both_trees(op_count, capsys) -> None:
                          r"outermost; host time [\d.]+x faster", out), out
     outermost = [int(n) for n in re.findall(r"ATen calls, (\d+) outermost", out)]
     assert len(outermost) == 4 and min(outermost) > 1000, out
+
+
+def test_deepspeeds_overflow_check_is_counted(op_count, capsys) -> None:
+    """bf16 ZeRO 2 engines: DeepSpeed's per-tensor overflow check dispatches operators of its own."""
+    op_count.overflow_check_cost(16, 32, frames=2)
+    out = capsys.readouterr().out
+    found = re.search(r"\((\d+) not views or aliases\) with DeepSpeed's gradient overflow check, \d+ \((\d+)\) "
+                      r"without \(check_grad_overflow: false, the default\)", out)
+    assert found, out
+    assert int(found[1]) > 2 * int(found[2]) > 1000, out
