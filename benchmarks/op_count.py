@@ -20,10 +20,11 @@ host alone would take. ``--against REV`` measures the demo trainer's step (opera
 the tiny size, ``benchmarks/step_cost.py``) on a copy of commit REV and on this tree, each in a process
 of its own, and prints the ratios: a change measured against the code it replaced; once on plain
 modules, once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: their hooks and Adam's
-step too). It also counts the step on bf16 ZeRO 2 engines with and without DeepSpeed's gradient overflow
-check (``check_grad_overflow``). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds ``detach`` calls of its own (1587
-counted in one step against the profiler's 737, 2026-12-04), so the profiler's count is what a step
-dispatches when nothing watches it, nested calls included or the outermost only.
+step too). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds
+``detach`` calls of its own (1587 counted in one step against the profiler's 737, 2026-12-04), so the
+profiler's count is what a step dispatches when nothing watches it, nested calls included or the
+outermost only. And it counts the demo step on bf16 ZeRO 2 engines with and without DeepSpeed's gradient
+overflow check (``check_grad_overflow``).
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
     .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7 [--rounds 3]

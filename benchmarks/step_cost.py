@@ -7,7 +7,8 @@ against the code it replaced in one invocation. It reads only what every tree si
 The step is ``trainer.step.train_batch`` over chunks of 2 frames, VGG terms off, one clip, one thread,
 on plain modules (``paper_budget.PlainEngine``: DeepSpeed's hooks and the optimizer come on top), or with
 ``--engines deepspeed`` on the trainer's own engines (``trainer.engines.build``: DeepSpeed, ZeRO 0, fp32,
-a one-process group, Adam as the tree builds it): the whole step as the trainer runs it.
+a one-process group, Adam as the tree builds it; ``--engine key=value ...`` for other engine settings):
+the whole step as the trainer runs it.
 
     .venv/bin/python benchmarks/step_cost.py --height 16 --width 32      # the demo model, tiny size
 """
