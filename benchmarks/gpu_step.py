@@ -10,7 +10,7 @@ the discriminators) against the eager one.
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
 With ``train.merge_passes`` (on by default) the step is timed once more with a pass per set of frames;
-under ZeRO 1/2 once more with DeepSpeed's gradient overflow check (``check_grad_overflow``, off here);
+under ZeRO 1/2 without and with DeepSpeed's gradient overflow check (``check_grad_overflow``);
 and with the label flow given (as the trainer's loop computes it, ahead of the step) against the step
 computing it (one copy to the host and back, and OpenCV, while the GPU waits).
 ``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
@@ -218,18 +218,22 @@ def main() -> None:
         print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
               f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
     # DeepSpeed's per-tensor gradient overflow check under ZeRO 1/2 (train.<engine>.check_grad_overflow,
-    # off by default; DeepSpeed's own default is on): put back for one measurement, in this invocation.
+    # DeepSpeed's default in bf16; it never runs in fp32): the step without it and with it, side by side.
     checking = [e.optimizer for e in (pair.generator, pair.discriminator) if hasattr(e.optimizer, "check_grad_overflow")]
     if checking:
-        for optimizer in checking:
-            optimizer.check_grad_overflow = True
-        train_batch(pair, batch, settings)
-        took = median_step(batch)
-        for optimizer in checking:
-            optimizer.check_grad_overflow = False
-        print(f"with DeepSpeed's gradient overflow check (check_grad_overflow: true, DeepSpeed's default): "
-              f"{took * 1000:.0f} ms per step against {base * 1000:.0f} ms without: without is {took / base:.2f}x "
-              f"faster", flush=True)
+        default = [optimizer.check_grad_overflow for optimizer in checking]
+        times = {}
+        for check in (False, True):
+            for optimizer in checking:
+                optimizer.check_grad_overflow = check
+            train_batch(pair, batch, settings)
+            times[check] = median_step(batch)
+        for optimizer, check in zip(checking, default):
+            optimizer.check_grad_overflow = check
+        how = "DeepSpeed's default" if precision == "bf16" else "switched on: DeepSpeed runs it for bf16 only"
+        print(f"without DeepSpeed's gradient overflow check (check_grad_overflow: false): {times[False] * 1000:.0f} ms "
+              f"per step against {times[True] * 1000:.0f} ms with it ({how}): {times[True] / times[False]:.2f}x "
+              f"the time with it", flush=True)
     if generator.label_prior:  # the trainer's loop computes it for the next batch while this one trains
         sync()
         started = time.perf_counter()

@@ -42,6 +42,7 @@ def test_bf16_zero0_rebuild_carries_adams_moments() -> None:
 
 
 def test_without_deepspeeds_overflow_check_bf16_trains_the_same() -> None:
-    """``check_grad_overflow: false`` (the default) drops a per-tensor check that only reads gradients
-    (and skips a step when one overflows, which these do not)."""
-    assert worker()["bf16_zero2_trained"] and worker()["overflow_check_only_reads"]
+    """``check_grad_overflow: false`` drops a per-tensor check that only reads finite gradients (it skips
+    a step whose gradients are not finite, which these are): the same weights, after steps that moved
+    them."""
+    assert worker()["bf16_zero2_trained"] > 0 and worker()["overflow_check_only_reads"]

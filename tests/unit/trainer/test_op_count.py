@@ -63,7 +63,7 @@ def test_deepspeeds_overflow_check_is_counted(op_count, capsys) -> None:
     """bf16 ZeRO 2 engines: DeepSpeed's per-tensor overflow check dispatches operators of its own."""
     op_count.overflow_check_cost(16, 32, frames=2)
     out = capsys.readouterr().out
-    found = re.search(r"\((\d+) not views or aliases\) with DeepSpeed's gradient overflow check, \d+ \((\d+)\) "
-                      r"without \(check_grad_overflow: false, the default\)", out)
+    found = re.search(r"\((\d+) not views or aliases\) with DeepSpeed's gradient overflow check \(the default\), "
+                      r"\d+ \((\d+)\) without \(check_grad_overflow: false\)", out)
     assert found, out
     assert int(found[1]) > 2 * int(found[2]) > 1000, out

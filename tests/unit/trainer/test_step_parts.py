@@ -77,9 +77,10 @@ def test_ds_config_is_explicit() -> None:
     clipped = ds_config(EngineConfig(zero_stage=2, grad_clip=1.0), micro_batch=1, world=2)
     assert "compute_grad_norm" not in clipped["zero_optimization"] and clipped["gradient_clipping"] == 1.0
     assert ds_config(EngineConfig(zero_stage=0), micro_batch=1, world=2)["zero_optimization"] == {"stage": 0}
-    # DeepSpeed's per-tensor overflow check of bf16 gradients: off unless asked for (its default is on).
-    assert cfg["bf16"]["check_grad_overflow"] is False
-    assert ds_config(EngineConfig(check_grad_overflow=True), micro_batch=1, world=1)["bf16"]["check_grad_overflow"]
+    # DeepSpeed's per-tensor overflow check of bf16 gradients: its default, unless turned off.
+    assert cfg["bf16"]["check_grad_overflow"] is True
+    off = ds_config(EngineConfig(check_grad_overflow=False), micro_batch=1, world=1)
+    assert off["bf16"]["check_grad_overflow"] is False
 
 
 def test_engine_config_refuses_what_does_not_work() -> None:
