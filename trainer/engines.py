@@ -198,8 +198,7 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
         # after that step; create and link it now so the moments can be written in.
         flat = zero.single_partition_of_fp32_groups[index]
         step = next(saved[id(p)]["step"] for p in params if _group_index(engine, p) == index)
-        # On the weights' device: the fused Adam steps each device's tensors with their own step counts.
-        inner.state[flat] = {"step": step.to(flat.device, copy=True), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
+        inner.state[flat] = {"step": _step_count(step, flat), **{k: torch.zeros_like(flat) for k in ADAM_KEYS}}
         lazy_init_hp_params_optimizer_state(zero.bit16_groups[index], flat, inner.state)
     for param in params:
         state = saved[id(param)]
@@ -208,7 +207,7 @@ def load_optimizer_state(engine, params: Iterable[nn.Parameter], saved: dict[int
                 safe_set_full_optimizer_state(param, state[key], key)
         else:
             master = _master(engine, param)
-            inner.state[master] = {"step": state["step"].to(master.device, copy=True),
+            inner.state[master] = {"step": _step_count(state["step"], master),
                                    **{k: state[k].to(master.device, copy=True) for k in ADAM_KEYS}}
     return len(params)
 
@@ -223,7 +222,12 @@ def _keep_fused(engine) -> None:
         for param in group["params"]:
             state = inner.state.get(param)
             if state and "step" in state:
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(param.device)
+                state["step"] = _step_count(state["step"], param)
+
+
+def _step_count(step: Any, weights: torch.Tensor) -> torch.Tensor:
+    """Adam's step count as the fused kernel reads it: a float32 tensor of its own on the weights' device."""
+    return torch.as_tensor(step, dtype=torch.float32).to(weights.device, copy=True)
 
 
 def _master(engine, param: nn.Parameter) -> nn.Parameter:
