@@ -142,7 +142,9 @@ def _check_ranks_agree(engines: Engines) -> list[float]:
     """Parameter sums of both networks, checked equal on every rank before they are saved.
 
     Data-parallel ranks must hold identical weights (ZeRO 0-2 keep full copies); a difference means a
-    bug (a rank skipped an update the others made), and saving would make it permanent.
+    bug (a rank skipped an update the others made), and saving would make it permanent. Weights that
+    are not finite (whose sums never compare equal) are refused before, by name
+    (``trainer.step.check_weights``).
     """
     sums = [float(sum(p.detach().double().sum() for p in e.module.parameters()))
             for e in (engines.generator, engines.discriminator)]

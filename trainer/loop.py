@@ -32,7 +32,7 @@ from trainer.config_tree import flatten, to_dict
 from trainer.export import export_run
 from trainer.samples import log_sample
 from trainer.schedule import Stage, lr_factor, stage_at
-from trainer.step import Discriminators, StepSettings, count_skipped, train_batch
+from trainer.step import Discriminators, StepSettings, check_weights, count_skipped, train_batch
 from trainer.tracking import make_tracker
 from trainer.validation import Validation
 
@@ -198,9 +198,11 @@ class _Run:
 
     def save(self) -> None:
         """Checkpoint, unless the last step was skipped: the update before a non-finite loss may have
-        poisoned the weights, and the last good checkpoint must stay the newest."""
+        poisoned the weights, and the last good checkpoint must stay the newest. Weights that are not
+        finite after finite losses end the run (``check_weights``)."""
         if self.progress.bad_in_row:
             return
+        check_weights(self.engines, self.progress.step, self.checkpointer.last)  # ends the run where they are not finite
         if self.cfg.eval.at_checkpoint and self.progress.eval.get("eval/step") != self.progress.step:
             self.progress.eval = self.validation.score(self.generator, self.stage, self.progress.step, self.tracker)
         # Metrics up to a checkpoint go out with it: a worker lost after this save restarts from it,

@@ -14,6 +14,7 @@ across frames costs memory linear in T for little gain). Every ``frames_per_step
 
 A non-finite loss skips its update on every rank (ranks agree first: one rank skipping a backward
 the others run would hang their all-reduce) and is reported by name.
+Weights that are not finite after finite losses end the run at the next checkpoint, unsaved.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from trainer.engines import Engines, precision
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dataio.batch import ClipBatch
     from models.build import Networks
     from trainer.checkpoint import Progress
@@ -108,6 +111,10 @@ def merged_passes(model: ModelConfig, enabled: bool = True, compiled: bool = Fal
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a non-finite loss; the message names the terms."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Weights that are not finite after updates whose losses were; the message names them."""
 
 
 @dataclass
@@ -364,6 +371,30 @@ def count_skipped(result: ChunkResult, progress: Progress, limit: int) -> None:
             f"{progress.bad_in_row} consecutive steps with a non-finite loss (last, step {progress.step}: "
             f"{', '.join(result.bad_terms)}); stopping (train.max_bad_steps={limit}). "
             f"The last checkpoint is left as it was.")
+
+
+def check_weights(engines: Engines, step: int, last_checkpoint: Path | None) -> None:
+    """Raise ``NonFiniteWeightsError`` where any weight is NaN or infinite (every rank agrees).
+
+    A finite loss can have gradients that are not (an overflow in the backward pass); in fp32, or in
+    bf16 without DeepSpeed's overflow check, nothing stops Adam from writing them into the weights.
+    The next loss then goes non-finite, but a checkpoint taken in between would hold those weights as
+    the run's newest, and every resume would start from them. Adam cannot bring a NaN back, so the run
+    ends here, the last good checkpoint untouched. One read for all tensors (not one host wait each).
+    """
+    named = [(f"{side}.{name}", p) for side, engine in (("generator", engines.generator),
+                                                      ("discriminator", engines.discriminator))
+             for name, p in engine.module.named_parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for _, p in named]).to(dist.device())
+    flags = dist.all_reduce_max(finite.logical_not().float())
+    bad = [name for (name, _), flag in zip(named, flags.tolist()) if flag]
+    if bad:
+        kept = f"the last checkpoint, {last_checkpoint.name}, is left as it was" if last_checkpoint is not None \
+            else "no checkpoint was written"
+        raise NonFiniteWeightsError(
+            f"after step {step} {len(bad)} of {len(named)} weight tensors are not finite (first: {bad[0]}), "
+            f"though the losses were: not saved, {kept}. A learning rate too high, or an overflow in the "
+            "gradients, is the usual cause (train.<engine>.lr, grad_clip; check_grad_overflow in bf16).")
 
 
 def _read(terms: dict[str, Tensor]) -> tuple[dict[str, float], list[str]]:

@@ -244,3 +244,23 @@ def test_non_finite_losses_stop_training_and_keep_the_checkpoint(run_a: Path, sh
     from trainer import checkpoint
     assert checkpoint.latest_checkpoint(work / "checkpoints" / "tiny") == kept
     assert digest == digests(kept)
+
+
+def test_weights_gone_non_finite_after_finite_losses_are_never_checkpointed(run_a: Path, shards: Path,
+                                                                            tmp_path: Path) -> None:
+    # A generator learning rate beyond fp32's range: step 3's losses are finite (computed before its
+    # update), the update writes inf and NaN into the generator. Its checkpoint would be the newest.
+    work = workdir_with(tmp_path, shards)
+    kept = copy_checkpoint(run_a, work, 2)
+    digest = digests(kept)
+    proc = trainer_run(work, *ZERO2, "checkpoint.every_steps=1", "train.generator.lr=1.0e+39",
+                       "tracking.enabled=false")
+    assert proc.returncode != 0
+    error = [line for line in proc.stderr.splitlines() if "NonFiniteWeightsError: " in line]
+    assert error and "after step 3 " in error[0] and "not finite (first: generator." in error[0], proc.stderr[-3000:]
+    assert "the last checkpoint, step-000000002, is left as it was" in error[0], error[0]
+    assert "skipped: non-finite" not in proc.stderr  # stopped by the weights, before a loss showed them
+    from trainer import checkpoint
+    assert checkpoint.latest_checkpoint(work / "checkpoints" / "tiny") == kept
+    assert not list((work / "checkpoints" / "tiny").glob("step-000000003*"))
+    assert digest == digests(kept)
