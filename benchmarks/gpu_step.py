@@ -10,7 +10,8 @@ the discriminators) against the eager one.
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --smoke [...]     # no GPU needed
 
 With ``train.merge_passes`` (on by default) the step is timed once more with a pass per set of frames;
-under ZeRO 1/2 without and with DeepSpeed's gradient overflow check (``check_grad_overflow``);
+under ZeRO 1/2 without the gradient overflow check (``check_grad_overflow``), with the trainer's
+one-pass check and with DeepSpeed's per-tensor one;
 and with the label flow given (as the trainer's loop computes it, ahead of the step) against the step
 computing it (one copy to the host and back, and OpenCV, while the GPU waits).
 ``benchmarks/gpu_check.sh`` runs the first two on a GPU. ``--smoke`` runs the same code on the CPU in
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -217,23 +219,34 @@ def main() -> None:
         took = median_step(batch, apart)
         print(f"a pass per set of frames (train.merge_passes=false): {took * 1000:.0f} ms per step against "
               f"merged {base * 1000:.0f} ms: merged is {took / base:.2f}x faster", flush=True)
-    # DeepSpeed's per-tensor gradient overflow check under ZeRO 1/2 (train.<engine>.check_grad_overflow,
-    # DeepSpeed's default in bf16; it never runs in fp32): the step without it and with it, side by side.
-    checking = [e.optimizer for e in (pair.generator, pair.discriminator) if hasattr(e.optimizer, "check_grad_overflow")]
+    # The gradient overflow check under ZeRO 1/2 (train.<engine>.check_grad_overflow, DeepSpeed's default
+    # in bf16; it never runs in fp32): the step without it, with the trainer's one-pass check and with
+    # DeepSpeed's per-tensor one, side by side.
+    checking = [e.optimizer for e in (pair.generator, pair.discriminator)
+                if hasattr(e.optimizer, "has_overflow_partitioned_grads_serial")]
     if checking:
-        default = [optimizer.check_grad_overflow for optimizer in checking]
+        default = [(optimizer.check_grad_overflow, vars(optimizer).get("has_overflow_partitioned_grads_serial"))
+                   for optimizer in checking]
         times = {}
-        for check in (False, True):
+        for variant in ("without", "one pass", "DeepSpeed's per tensor"):
             for optimizer in checking:
-                optimizer.check_grad_overflow = check
+                optimizer.check_grad_overflow = variant != "without"
+                vars(optimizer).pop("has_overflow_partitioned_grads_serial", None)
+                if variant == "one pass":
+                    optimizer.has_overflow_partitioned_grads_serial = functools.partial(engines._any_non_finite, optimizer)
             train_batch(pair, batch, settings)
-            times[check] = median_step(batch)
-        for optimizer, check in zip(checking, default):
+            times[variant] = median_step(batch)
+        for optimizer, (check, method) in zip(checking, default):
             optimizer.check_grad_overflow = check
-        how = "DeepSpeed's default" if precision == "bf16" else "switched on: DeepSpeed runs it for bf16 only"
-        print(f"without DeepSpeed's gradient overflow check (check_grad_overflow: false): {times[False] * 1000:.0f} ms "
-              f"per step against {times[True] * 1000:.0f} ms with it ({how}): {times[True] / times[False]:.2f}x "
-              f"the time with it", flush=True)
+            vars(optimizer).pop("has_overflow_partitioned_grads_serial", None)
+            if method is not None:
+                optimizer.has_overflow_partitioned_grads_serial = method
+        how = "on by default" if precision == "bf16" else "switched on: DeepSpeed runs it for bf16 only"
+        without, one_pass, theirs = (times[v] for v in ("without", "one pass", "DeepSpeed's per tensor"))
+        print(f"gradient overflow check ({how}): {one_pass * 1000:.0f} ms per step with the trainer's one-pass "
+              f"check, {theirs * 1000:.0f} ms with DeepSpeed's per-tensor one ({theirs / one_pass:.2f}x), "
+              f"{without * 1000:.0f} ms without (check_grad_overflow: false; {one_pass / without:.2f}x the time "
+              "with the one-pass check)", flush=True)
     if generator.label_prior:  # the trainer's loop computes it for the next batch while this one trains
         sync()
         started = time.perf_counter()

@@ -23,8 +23,8 @@ modules, once on the trainer's DeepSpeed engines (ZeRO 0, fp32, one process: the
 step too). It also counts with the torch profiler, without a dispatch mode: a dispatch mode adds
 ``detach`` calls of its own (1587 counted in one step against the profiler's 737, 2026-12-04), so the
 profiler's count is what a step dispatches when nothing watches it, nested calls included or the
-outermost only. And it counts the demo step on bf16 ZeRO 2 engines with and without DeepSpeed's gradient
-overflow check (``check_grad_overflow``).
+outermost only. And it counts the demo step on bf16 ZeRO 2 engines with the gradient overflow check in one pass (the
+trainer's), per tensor (DeepSpeed's) and without it (``check_grad_overflow``).
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
     .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7 [--rounds 3]
@@ -106,17 +106,17 @@ def step_cost(tree: Path, height: int, width: int, frames: int, repeats: int, *o
 
 
 def overflow_check_cost(height: int, width: int, frames: int) -> None:
-    """The trainer's step on bf16 ZeRO 2 engines (the GPU checks' setting) with DeepSpeed's per-tensor
-    gradient overflow check (``train.<engine>.check_grad_overflow``, on by default) and without it:
-    operators only, as bf16 on the CPU says nothing of a GPU's time."""
-    counts = {check: step_cost(REPO, height, width, frames, 1, "--engines", "deepspeed", "--engine", "zero_stage=2",
-                               "precision=bf16", f"check_grad_overflow={str(check).lower()}")
-              for check in (True, False)}
-    on, off = counts[True], counts[False]
-    print(f"  trainer's step at {width}x{height} on DeepSpeed engines (ZeRO 2, bf16, one rank): {on['operators']} "
-          f"operators ({on['computing']} not views or aliases) with DeepSpeed's gradient overflow check (the "
-          f"default), {off['operators']} ({off['computing']}) without (check_grad_overflow: false): "
-          f"{on['computing'] / off['computing']:.2f}x fewer that are not views or aliases", flush=True)
+    """The trainer's step on bf16 ZeRO 2 engines (the GPU checks' setting) with the gradient overflow
+    check (``train.<engine>.check_grad_overflow``, on by default) in one pass, the trainer's, and per
+    tensor, DeepSpeed's, and without it: operators only, as bf16 on the CPU says nothing of a GPU's time."""
+    bf16 = ("--engines", "deepspeed", "--engine", "zero_stage=2", "precision=bf16")
+    one_pass, theirs, off = (step_cost(REPO, height, width, frames, 1, *bf16, *extra) for extra in (
+        ("check_grad_overflow=true",), ("check_grad_overflow=true", "--deepspeeds-overflow-check"),
+        ("check_grad_overflow=false",)))
+    print(f"  trainer's step at {width}x{height} on DeepSpeed engines (ZeRO 2, bf16, one rank), operators not views "
+          f"or aliases: {one_pass['computing']} with the gradient overflow check in one pass (the default), "
+          f"{theirs['computing']} with DeepSpeed's per-tensor check ({theirs['computing'] / one_pass['computing']:.2f}x "
+          f"the one-pass count), {off['computing']} without a check (check_grad_overflow: false)", flush=True)
 
 
 ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines (ZeRO 0, fp32, one rank) with Adam"}

@@ -65,10 +65,11 @@ class OpCounter(TorchDispatchMode):
 
 def trainer_step(model: ModelConfig, classes: int, height: int, width: int, frames: int,
                  merge_passes: bool = True, frames_per_step: int = 2, engines: str = "plain",
-                 engine: dict | None = None) -> Callable[[], object]:
+                 engine: dict | None = None, deepspeeds_overflow_check: bool = False) -> Callable[[], object]:
     """The trainer's step as a callable (``merge_passes``: ``train.merge_passes``), on plain modules or
     (``engines="deepspeed"``) on the trainer's DeepSpeed engines, ZeRO 0 in fp32 unless ``engine`` (an
-    ``EngineConfig``'s fields) says otherwise."""
+    ``EngineConfig``'s fields) says otherwise; ``deepspeeds_overflow_check``: DeepSpeed's per-tensor gradient
+    overflow check under ZeRO 1/2, not the trainer's one-pass one."""
     S = trainer_step_module
     torch.manual_seed(0)
     channels = classes + 1  # with instance edges
@@ -83,6 +84,9 @@ def trainer_step(model: ModelConfig, classes: int, height: int, width: int, fram
         dist.init()
         config = EngineConfig(**{"zero_stage": 0, "precision": "fp32", **(engine or {})})
         pair = Engines(engine_module.build(nets.generator, config, 1), engine_module.build(discriminators, config, 1))
+        if deepspeeds_overflow_check:  # DeepSpeed's own check (per tensor) where the trainer's is one pass
+            for built in (pair.generator, pair.discriminator):
+                vars(built.optimizer).pop("has_overflow_partitioned_grads_serial", None)
     else:
         pair = Engines(PlainEngine(nets.generator), PlainEngine(discriminators))
     batch = random_clips(torch.device("cpu"), 1, frames, channels, height, width)
@@ -137,12 +141,14 @@ def main() -> None:
     parser.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
                         help="--engines deepspeed: EngineConfig fields, e.g. zero_stage=2 precision=bf16 "
                              "check_grad_overflow=true (default: ZeRO 0, fp32)")
+    parser.add_argument("--deepspeeds-overflow-check", action="store_true",
+                        help="--engines deepspeed, ZeRO 1/2: DeepSpeed's per-tensor gradient overflow check")
     args = parser.parse_args()
     from cluster.config import load
 
     torch.set_num_threads(1)
     step = trainer_step(load(args.config).model, args.classes, args.height, args.width, args.frames,
-                        engines=args.engines,
+                        engines=args.engines, deepspeeds_overflow_check=args.deepspeeds_overflow_check,
                         engine={key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.engine)})
     step()
     with OpCounter() as counter:

@@ -9,7 +9,8 @@ docs/platform.md): a client ``torch.optim.Adam`` avoids the 2-minute JIT build o
 per-tensor loop torch picks on the CPU). Under ZeRO 0 in bf16 DeepSpeed wraps it in
 ``FP16_UnfusedOptimizer``, which hands Adam fp32 copies of the weights (``_master``). At one rank under
 ZeRO 0 the engine's gradient all-reduce is replaced by what it does besides reducing
-(``_zero_missing_gradients``).
+(``_zero_missing_gradients``). In bf16 under ZeRO 1/2 DeepSpeed's per-tensor gradient overflow check is
+replaced by one pass over all gradients (``_any_non_finite``).
 
 Engines are rebuilt when the set of trainable parameters changes (a new generator scale). The module
 objects survive the rebuild, so weights carry over as they are; the Adam moments of parameters that
@@ -134,7 +135,29 @@ def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params:
         # size: docs/performance.md). ZeRO 1/2 keep theirs: it is what moves the gradients into their
         # flat partitions.
         engine.allreduce_gradients = functools.partial(_zero_missing_gradients, list(module.parameters()))
+    zero = engine.optimizer
+    if getattr(zero, "check_grad_overflow", False) and hasattr(zero, "has_overflow_partitioned_grads_serial") \
+            and not zero.cpu_offload:
+        # bf16 under ZeRO 1/2: DeepSpeed checks each gradient tensor for inf/NaN apart (about 13
+        # operators, so kernel launches, per tensor: 2781 a demo step); the same check in one pass.
+        zero.has_overflow_partitioned_grads_serial = functools.partial(_any_non_finite, zero)
     return engine
+
+
+def _any_non_finite(zero) -> torch.Tensor:
+    """Whether any gradient a ZeRO 1/2 optimizer is about to step holds an inf or a NaN, as DeepSpeed's
+    ``has_overflow_partitioned_grads_serial`` answers it (a bool tensor [1] on the device), in one pass
+    per dtype: torch's AMP kernel that ``GradScaler`` checks gradients with, over all tensors at once
+    (it multiplies them by the given scale, here 1: they are left as they are)."""
+    grads = [g for i in range(len(zero.bit16_groups)) for g in zero.averaged_gradients[i] if g is not None]
+    found = torch.zeros(1, dtype=torch.float, device=zero.device)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_dtype.setdefault(grad.dtype, []).append(grad)
+    one = torch.ones(1, dtype=torch.float, device=zero.device)
+    for same_dtype in by_dtype.values():  # the kernel takes one dtype at a time
+        torch._amp_foreach_non_finite_check_and_unscale_(same_dtype, found, one)
+    return found.bool()
 
 
 def _zero_missing_gradients(params: list[nn.Parameter], bucket_size: int = 0) -> None:

@@ -1,7 +1,8 @@
 """Run by test_one_rank_engines.py in a process of its own (a one-rank DeepSpeed group): the trainer's
 step on ZeRO 0 engines as ``trainer.engines.build`` makes them at one rank, and with DeepSpeed's own
 gradient reduction put back; Adam's moments carried across a rebuild in bf16; bf16 ZeRO 2 with and
-without DeepSpeed's gradient overflow check. Prints JSON."""
+without the gradient overflow check, in one pass and as DeepSpeed makes it, and a NaN gradient that it
+skips. Prints JSON."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,8 @@ def counting_fill(params, *args, **kwargs) -> None:
     _fill(params, *args, **kwargs)
 
 
-def train(precision: str, deepspeeds_reduction: bool = False, **engine) -> tuple[list[torch.Tensor], bool]:
+def train(precision: str, deepspeeds_reduction: bool = False, deepspeeds_check: bool = False,
+          **engine) -> tuple[list[torch.Tensor], bool]:
     torch.manual_seed(0)
     nets = build(TINY, CHANNELS)
     config = EngineConfig(**{"zero_stage": 0, "precision": precision, "lr": 1e-3, **engine})
@@ -40,6 +42,9 @@ def train(precision: str, deepspeeds_reduction: bool = False, **engine) -> tuple
     if deepspeeds_reduction:
         for engine in (pair.generator, pair.discriminator):
             del engine.allreduce_gradients
+    if deepspeeds_check:  # DeepSpeed's per-tensor gradient overflow check, not the one-pass one
+        for engine in (pair.generator, pair.discriminator):
+            del engine.optimizer.has_overflow_partitioned_grads_serial
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     settings = StepSettings(loss=TINY.loss, frames_per_step=2, temporal_frames=TINY.discriminator.temporal_frames,
                             temporal_scales=TINY.discriminator.temporal_scales, dtype=dtype, **merged_passes(TINY))
@@ -74,6 +79,29 @@ def bf16_carry() -> dict:
             "same": same, "moments_nonzero": bool(moved)}
 
 
+def overflow_skips(deepspeeds_check: bool) -> dict:
+    """A bf16 ZeRO 2 step whose gradients hold one NaN (one element of one tensor), then a finite one."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    engine = engines.build(module, EngineConfig(zero_stage=2, precision="bf16", lr=1e-2), 1)
+    one_pass = "has_overflow_partitioned_grads_serial" in vars(engine.optimizer)
+    if deepspeeds_check:
+        del engine.optimizer.has_overflow_partitioned_grads_serial
+    weight = module[0].weight
+    hook = weight.register_hook(lambda g: g.index_put((torch.tensor([1]), torch.tensor([2])),
+                                                      torch.tensor(float("nan"), dtype=g.dtype)))
+    moved = []
+    for _ in range(2):
+        before = [p.detach().clone() for p in module.parameters()]
+        engine.backward(engine(torch.randn(2, 4, dtype=torch.bfloat16)).float().sum())
+        engine.step()
+        moved.append(sum(not torch.equal(a, b) for a, b in zip(before, module.parameters())))
+        hook.remove()
+    finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    engine.destroy()
+    return {"one_pass": one_pass, "moved": moved, "finite": finite}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     dist.init()
@@ -91,6 +119,9 @@ def main() -> None:
     checked, _ = train("bf16", zero_stage=2)
     unchecked, _ = train("bf16", zero_stage=2, check_grad_overflow=False)
     out["overflow_check_only_reads"] = all(torch.equal(a, b) for a, b in zip(checked, unchecked))
+    per_tensor, _ = train("bf16", zero_stage=2, deepspeeds_check=True)
+    out["one_pass_check_same_as_deepspeeds"] = all(torch.equal(a, b) for a, b in zip(checked, per_tensor))
+    out["nan_gradient"] = {"one_pass": overflow_skips(False), "deepspeeds": overflow_skips(True)}
     torch.manual_seed(0)
     start = build(TINY, CHANNELS)
     # As the engine holds them before its first step: DeepSpeed casts the weights to bf16.

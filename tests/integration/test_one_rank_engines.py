@@ -46,3 +46,14 @@ def test_without_deepspeeds_overflow_check_bf16_trains_the_same() -> None:
     a step whose gradients are not finite, which these are): the same weights, after steps that moved
     them."""
     assert worker()["bf16_zero2_trained"] > 0 and worker()["overflow_check_only_reads"]
+
+
+def test_the_one_pass_overflow_check_skips_a_nan_gradient_as_deepspeeds_does() -> None:
+    """bf16 ZeRO 1/2 check the gradients for inf/NaN in one pass (``engines._any_non_finite``), not with
+    DeepSpeed's operators per tensor: a step whose gradients hold one NaN is skipped (no weight moves),
+    the next, finite one trains; and a run trains bit for bit as with DeepSpeed's check."""
+    r = worker()["nan_gradient"]
+    assert r["one_pass"]["one_pass"], r
+    for check in ("one_pass", "deepspeeds"):
+        assert r[check]["moved"] == [0, 4] and r[check]["finite"], (check, r)
+    assert worker()["one_pass_check_same_as_deepspeeds"]
