@@ -50,7 +50,7 @@ class EngineConfig:
     """bf16 under ZeRO 1/2: an inf/NaN check of every gradient before each step, which skips a step
     whose gradients are not finite (DeepSpeed's default). The engines make it one pass over all of them
     (DeepSpeed's own runs about 13 operators per gradient tensor: the demo step on bf16 ZeRO 2 dispatches
-    4159 operators that are not views with the one-pass check, 12705 with DeepSpeed's, 4131 without:
+    4183 operators that are not views with the one-pass check, 12705 with DeepSpeed's, 4131 without:
     benchmarks/op_count.py). ``false`` drops it and its host read every step; then nothing skips a step
     whose loss is finite and whose gradients are not (with ``grad_clip`` > 0 DeepSpeed's invalid-norm skip
     goes too, in bf16 only): they reach the weights, and the next checkpoint ends the run refusing them."""

@@ -146,18 +146,20 @@ def build(module: nn.Module, cfg: EngineConfig, micro_batch: int, *, new_params:
 
 def _any_non_finite(zero) -> torch.Tensor:
     """Whether any gradient a ZeRO 1/2 optimizer is about to step holds an inf or a NaN, as DeepSpeed's
-    ``has_overflow_partitioned_grads_serial`` answers it (a bool tensor [1] on the device), in one pass
-    per dtype: torch's AMP kernel that ``GradScaler`` checks gradients with, over all tensors at once
-    (it multiplies them by the given scale, here 1: they are left as they are)."""
-    grads = [g for i in range(len(zero.bit16_groups)) for g in zero.averaged_gradients[i] if g is not None]
-    found = torch.zeros(1, dtype=torch.float, device=zero.device)
+    ``has_overflow_partitioned_grads_serial`` answers it (a bool tensor [1] on the device), from one
+    ``torch._foreach_norm`` per dtype (the multi-tensor kernel ``clip_grad_norm_`` uses; CUDA's takes
+    bf16, the AMP kernel ``GradScaler`` checks with does not): a tensor's L2 norm is not finite when one
+    of its elements is not, or when its squares overflow fp32 (elements beyond about 1e19: an overflow
+    all the same). Only reads the gradients."""
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for grad in grads:
-        by_dtype.setdefault(grad.dtype, []).append(grad)
-    one = torch.ones(1, dtype=torch.float, device=zero.device)
-    for same_dtype in by_dtype.values():  # the kernel takes one dtype at a time
-        torch._amp_foreach_non_finite_check_and_unscale_(same_dtype, found, one)
-    return found.bool()
+    for i in range(len(zero.bit16_groups)):
+        for grad in zero.averaged_gradients[i]:
+            if grad is not None:
+                by_dtype.setdefault(grad.dtype, []).append(grad)
+    found = torch.zeros(1, dtype=torch.bool, device=zero.device)
+    for same_dtype in by_dtype.values():  # foreach kernels take one dtype at a time
+        found |= torch.isfinite(torch.stack(torch._foreach_norm(same_dtype))).all().logical_not()
+    return found
 
 
 def _zero_missing_gradients(params: list[nn.Parameter], bucket_size: int = 0) -> None:

@@ -79,8 +79,9 @@ def bf16_carry() -> dict:
             "same": same, "moments_nonzero": bool(moved)}
 
 
-def overflow_skips(deepspeeds_check: bool) -> dict:
-    """A bf16 ZeRO 2 step whose gradients hold one NaN (one element of one tensor), then a finite one."""
+def overflow_skips(deepspeeds_check: bool, bad: float) -> dict:
+    """A bf16 ZeRO 2 step whose gradients hold one ``bad`` value (one element of one tensor), then a finite
+    one."""
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     engine = engines.build(module, EngineConfig(zero_stage=2, precision="bf16", lr=1e-2), 1)
@@ -89,7 +90,7 @@ def overflow_skips(deepspeeds_check: bool) -> dict:
         del engine.optimizer.has_overflow_partitioned_grads_serial
     weight = module[0].weight
     hook = weight.register_hook(lambda g: g.index_put((torch.tensor([1]), torch.tensor([2])),
-                                                      torch.tensor(float("nan"), dtype=g.dtype)))
+                                                      torch.tensor(bad, dtype=g.dtype)))
     moved = []
     for _ in range(2):
         before = [p.detach().clone() for p in module.parameters()]
@@ -121,7 +122,8 @@ def main() -> None:
     out["overflow_check_only_reads"] = all(torch.equal(a, b) for a, b in zip(checked, unchecked))
     per_tensor, _ = train("bf16", zero_stage=2, deepspeeds_check=True)
     out["one_pass_check_same_as_deepspeeds"] = all(torch.equal(a, b) for a, b in zip(checked, per_tensor))
-    out["nan_gradient"] = {"one_pass": overflow_skips(False), "deepspeeds": overflow_skips(True)}
+    out["bad_gradient"] = {f"{check} {bad}": overflow_skips(check == "deepspeeds", bad)
+                           for check in ("one_pass", "deepspeeds") for bad in (float("nan"), float("-inf"))}
     torch.manual_seed(0)
     start = build(TINY, CHANNELS)
     # As the engine holds them before its first step: DeepSpeed casts the weights to bf16.
