@@ -24,7 +24,7 @@ step too). It also counts with the torch profiler, without a dispatch mode: a di
 ``detach`` calls of its own (1587 counted in one step against the profiler's 737, 2026-12-04), so the
 profiler's count is what a step dispatches when nothing watches it, nested calls included or the
 outermost only. And it counts the demo step on bf16 ZeRO 2 engines with the gradient overflow check in one pass (the
-trainer's), per tensor (DeepSpeed's) and without it (``check_grad_overflow``).
+trainer's), per tensor (DeepSpeed's) and without it (``check_grad_overflow``), and on bf16 ZeRO 0 ones.
 
     .venv/bin/python benchmarks/op_count.py                # both models, ~1-3 minutes on one core
     .venv/bin/python benchmarks/op_count.py --only demo --against 7a1daf7 [--rounds 3]
@@ -105,18 +105,23 @@ def step_cost(tree: Path, height: int, width: int, frames: int, repeats: int, *o
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def overflow_check_cost(height: int, width: int, frames: int) -> None:
-    """The trainer's step on bf16 ZeRO 2 engines (the GPU checks' setting) with the gradient overflow
-    check (``train.<engine>.check_grad_overflow``, on by default) in one pass, the trainer's, and per
-    tensor, DeepSpeed's, and without it: operators only, as bf16 on the CPU says nothing of a GPU's time."""
-    bf16 = ("--engines", "deepspeed", "--engine", "zero_stage=2", "precision=bf16")
-    one_pass, theirs, off = (step_cost(REPO, height, width, frames, 1, *bf16, *extra) for extra in (
-        ("check_grad_overflow=true",), ("check_grad_overflow=true", "--deepspeeds-overflow-check"),
-        ("check_grad_overflow=false",)))
+def bf16_engine_costs(height: int, width: int, frames: int) -> None:
+    """The trainer's step on bf16 DeepSpeed engines (a GPU's precision), operators only, as bf16 on the CPU
+    says nothing of a GPU's time: under ZeRO 2 (the GPU checks' setting) with the gradient overflow check
+    (``train.<engine>.check_grad_overflow``, on by default) in one pass, the trainer's, and per tensor,
+    DeepSpeed's, and without it; then under ZeRO 0, where DeepSpeed's bf16 wrapper steps tensor by tensor."""
+    bf16 = ("--engines", "deepspeed", "--engine", "precision=bf16")
+    one_pass, theirs, off, zero0 = (step_cost(REPO, height, width, frames, 1, *bf16, *extra) for extra in (
+        ("zero_stage=2", "check_grad_overflow=true"),
+        ("zero_stage=2", "check_grad_overflow=true", "--deepspeeds-overflow-check"),
+        ("zero_stage=2", "check_grad_overflow=false"), ("zero_stage=0",)))
     print(f"  trainer's step at {width}x{height} on DeepSpeed engines (ZeRO 2, bf16, one rank), operators not views "
           f"or aliases: {one_pass['computing']} with the gradient overflow check in one pass (the default), "
           f"{theirs['computing']} with DeepSpeed's per-tensor check ({theirs['computing'] / one_pass['computing']:.2f}x "
           f"the one-pass count), {off['computing']} without a check (check_grad_overflow: false)", flush=True)
+    print(f"  the same under ZeRO 0 (bf16, one rank): {zero0['computing']} operators not views or aliases, "
+          f"{zero0['computing'] / one_pass['computing']:.2f}x ZeRO 2's (DeepSpeed's FP16_UnfusedOptimizer: a check, a "
+          "norm and copies per tensor)", flush=True)
 
 
 ENGINES = {"plain": "plain modules", "deepspeed": "DeepSpeed engines (ZeRO 0, fp32, one rank) with Adam"}
@@ -185,7 +190,7 @@ def main() -> None:
             host, demo = timed(tiny, args.repeats), timed(full, args.repeats)
             print(f"  step time: {width}x{height} (host overhead) {host:.3f} s, 256x128 (demo size) {demo:.3f} s: "
                   f"the host alone is {host / demo:.2f}x of the demo step on one CPU thread")
-            overflow_check_cost(height, width, args.frames)
+            bf16_engine_costs(height, width, args.frames)
             if args.against:
                 against(args.against, height, width, args.frames, args.repeats, args.rounds)
 

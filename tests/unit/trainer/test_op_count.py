@@ -59,10 +59,10 @@ def test_against_a_commit_measures_both_trees(op_count, capsys) -> None:
     assert len(outermost) == 4 and min(outermost) > 1000, out
 
 
-def test_the_overflow_checks_are_counted(op_count, capsys) -> None:
+def test_the_overflow_checks_and_bf16_zero0_are_counted(op_count, capsys) -> None:
     """bf16 ZeRO 2 engines: DeepSpeed's per-tensor overflow check dispatches operators of its own for every
-    gradient tensor; the trainer's one-pass check a handful for all of them."""
-    op_count.overflow_check_cost(16, 32, frames=2)
+    gradient tensor; the trainer's one-pass check a handful for all of them. bf16 ZeRO 0: more than both."""
+    op_count.bf16_engine_costs(16, 32, frames=2)
     out = capsys.readouterr().out
     found = re.search(r"(\d+) with the gradient overflow check in one pass \(the default\), (\d+) with DeepSpeed's "
                       r"per-tensor check \([\d.]+x the one-pass count\), (\d+) without a check", out)
@@ -71,3 +71,6 @@ def test_the_overflow_checks_are_counted(op_count, capsys) -> None:
     assert theirs > 2 * off > 1000, out
     # Per chunk: a few operators per update, not per tensor (2 chunks of 2 updates here).
     assert off < one_pass < off + 100, out
+    zero0 = re.search(r"the same under ZeRO 0 \(bf16, one rank\): (\d+) operators not views or aliases, [\d.]+x "
+                      r"ZeRO 2's", out)
+    assert zero0 and int(zero0[1]) > theirs, out
