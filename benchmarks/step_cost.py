@@ -80,9 +80,11 @@ def trainer_step(model: ModelConfig, classes: int, height: int, width: int, fram
         from trainer import distributed as dist
         from trainer import engines as engine_module
         from trainer.config import EngineConfig
+        from trainer.config_tree import from_dict
 
         dist.init()
-        config = EngineConfig(**{"zero_stage": 0, "precision": "fp32", **(engine or {})})
+        # Typed as a config file's keys are (YAML reads `lr=1e-3` as a string; the config tree takes it).
+        config = from_dict(EngineConfig, {"zero_stage": 0, "precision": "fp32", **(engine or {})}, "--engine")
         pair = Engines(engine_module.build(nets.generator, config, 1), engine_module.build(discriminators, config, 1))
         if deepspeeds_overflow_check:  # DeepSpeed's own check (per tensor) where the trainer's is one pass
             for built in (pair.generator, pair.discriminator):
