@@ -28,8 +28,6 @@ from trainer.distributed import barrier, setup_process
 from trainer.tracking import configure_client, redacted_yaml
 
 log = logging.getLogger(__name__)
-failure_log = logging.getLogger(f"{__name__}.failure")
-"""A rank's own line on why it stopped (not a console progress line: the CLI prints the error once)."""
 
 REPORT_SEP = "_"
 RESTORE_PREFIX = ".partial-restore-"
@@ -50,13 +48,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # in this worker's log.
     from trainer.loop import train
 
-    try:
-        result = train(cfg, on_checkpoint=reporter)
-    except Exception as err:
-        # Written before the exception reaches Ray: once one rank fails Ray stops the others, and a rank
-        # stopped before Ray printed its traceback would leave its log without the reason (seen in CI).
-        failure_log.error("training failed: %s: %s", type(err).__name__, err)
-        raise
+    result = train(cfg, on_checkpoint=reporter)  # a failure is in this rank's log before Ray stops the others
     if rank == 0 and cfg.tracking.enabled and result.progress.run_id:
         log_run_files(cfg, result.progress.run_id, result.export)
 

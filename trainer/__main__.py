@@ -6,7 +6,6 @@ Also runs as one process without a launcher (``python -m trainer ...``). Ray Tra
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -31,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(cfg)
-    except Exception:
-        logging.getLogger("trainer").exception("training failed")
+    except Exception:  # train() logged it, with the traceback
         dist.exit_process(1)
     if dist.is_main():
         print(f"done: epochs={result.progress.epoch} steps={result.progress.step} "

@@ -53,7 +53,7 @@ class EngineConfig:
     4183 operators that are not views with the one-pass check, 12705 with DeepSpeed's, 4131 without:
     benchmarks/op_count.py). ``false`` drops it and its host read every step; then nothing skips a step
     whose loss is finite and whose gradients are not (with ``grad_clip`` > 0 DeepSpeed's invalid-norm skip
-    goes too, in bf16 only): they reach the weights, and the next checkpoint ends the run refusing them."""
+    goes too, in bf16 only): they reach the weights (never a checkpoint: ``trainer.step.check_weights``)."""
 
     def __post_init__(self) -> None:
         if self.zero_stage == 3:

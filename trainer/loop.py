@@ -37,6 +37,8 @@ from trainer.tracking import make_tracker
 from trainer.validation import Validation
 
 log = logging.getLogger(__name__)
+failure_log = logging.getLogger("trainer.failure")
+"""Why this rank stopped (not a console progress line under Ray: the CLI prints the error once)."""
 
 _FLUSH_AT_SAVE_S = 5.0
 """Longest wait for the tracking server at a checkpoint (see ``_Run.save``)."""
@@ -57,9 +59,9 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
     launcher's hook (Ray Train reports it there; every rank must report equally often).
     """
     dist.init()
-    run = _Run(cfg, on_checkpoint)
-    status = "FAILED"
+    run, status = None, "FAILED"
     try:
+        run = _Run(cfg, on_checkpoint)  # a resume refused (a full disk) fails here
         run.budget.start()
         for epoch in range(run.progress.epoch, cfg.train.epochs):
             if dist.broadcast(run.budget.over()):
@@ -82,11 +84,14 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
             run.tracker.set_tag("export", str(exported.resolve()))
         status = "FINISHED"
         return TrainResult(run.progress, run.last_losses, run.checkpointer.last, exported)
+    except Exception as err:
+        # Said before the cleanup below (the tracker's flush can take seconds): once one rank fails, Ray
+        # stops the others, and a rank stopped first would leave its log without the reason (seen in CI).
+        failure_log.exception("training failed: %s: %s", type(err).__name__, err)
+        raise
     finally:
-        run.validation.close()
-        run.tracker.close(status)
-        if run.engines is not None:
-            run.engines.destroy()
+        if run is not None:
+            run.close(status)
 
 
 class _Run:
@@ -202,7 +207,8 @@ class _Run:
         finite after finite losses end the run (``check_weights``)."""
         if self.progress.bad_in_row:
             return
-        check_weights(self.engines, self.progress.step, self.checkpointer.last)  # ends the run where they are not finite
+        # Ends the run where they are not finite.
+        check_weights(self.engines, self.progress.step, self.checkpointer.last, self.average.shadow)
         if self.cfg.eval.at_checkpoint and self.progress.eval.get("eval/step") != self.progress.step:
             self.progress.eval = self.validation.score(self.generator, self.stage, self.progress.step, self.tracker)
         # Metrics up to a checkpoint go out with it: a worker lost after this save restarts from it,
@@ -213,6 +219,13 @@ class _Run:
         self.progress.new_params = self.engines.new_params
         saved = self.checkpointer.save(self.progress, self.stage, self.engines, self.average, self.last_losses)
         self.tracker.set_tag("checkpoint", str(saved.resolve()))
+
+    def close(self, status: str) -> None:
+        """End the run's tracking (``status``: FINISHED or FAILED) and release its threads and engines."""
+        self.validation.close()
+        self.tracker.close(status)
+        if self.engines is not None:
+            self.engines.destroy()
 
     def summary(self) -> str:
         losses = [f"{k} {self.last_losses[k]:.3f}" for k in ("g/total", "d/total") if k in self.last_losses]

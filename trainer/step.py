@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -373,19 +373,26 @@ def count_skipped(result: ChunkResult, progress: Progress, limit: int) -> None:
             f"The last checkpoint is left as it was.")
 
 
-def check_weights(engines: Engines, step: int, last_checkpoint: Path | None) -> None:
-    """Raise ``NonFiniteWeightsError`` where any weight is NaN or infinite (every rank agrees).
+def check_weights(engines: Engines, step: int, last_checkpoint: Path | None,
+                  average: Mapping[str, Tensor] | None = None) -> None:
+    """Raise ``NonFiniteWeightsError`` where any weight is NaN or infinite (every rank agrees): the
+    parameters and floating buffers (batch-norm statistics) of both networks, and ``average``, the
+    generator's weight average (``WeightAverage.shadow``: what is scored and exported).
 
     A finite loss can have gradients that are not (an overflow in the backward pass); in fp32, or in
-    bf16 without DeepSpeed's overflow check, nothing stops Adam from writing them into the weights.
-    The next loss then goes non-finite, but a checkpoint taken in between would hold those weights as
+    bf16 without the overflow check, nothing stops Adam from writing them into the weights; a batch
+    variance can overflow while the normalised output stays finite. Usually the next loss goes
+    non-finite and the step is skipped, but a checkpoint taken in between would hold those weights as
     the run's newest, and every resume would start from them. Adam cannot bring a NaN back, so the run
     ends here, the last good checkpoint untouched. One read for all tensors (not one host wait each).
     """
-    named = [(f"{side}.{name}", p) for side, engine in (("generator", engines.generator),
+    named = [(f"{side}.{name}", t) for side, engine in (("generator", engines.generator),
                                                       ("discriminator", engines.discriminator))
-             for name, p in engine.module.named_parameters()]
-    finite = torch.stack([torch.isfinite(p).all() for _, p in named]).to(dist.device())
+             for name, t in (*engine.module.named_parameters(), *engine.module.named_buffers())
+             if t.is_floating_point()]
+    named += [(f"generator average.{name}", t) for name, t in (average or {}).items() if t.is_floating_point()]
+    device = dist.device()  # NCCL's collective takes no CPU tensor
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named])
     flags = dist.all_reduce_max(finite.logical_not().float())
     bad = [name for (name, _), flag in zip(named, flags.tolist()) if flag]
     if bad:

@@ -79,12 +79,12 @@ def bf16_carry() -> dict:
             "same": same, "moments_nonzero": bool(moved)}
 
 
-def overflow_skips(deepspeeds_check: bool, bad: float) -> dict:
-    """A bf16 ZeRO 2 step whose gradients hold one ``bad`` value (one element of one tensor), then a finite
-    one."""
+def overflow_skips(deepspeeds_check: bool, bad: float, stage: int) -> dict:
+    """A bf16 ZeRO ``stage`` step whose gradients hold one ``bad`` value (one element of one tensor), then a
+    finite one."""
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
-    engine = engines.build(module, EngineConfig(zero_stage=2, precision="bf16", lr=1e-2), 1)
+    engine = engines.build(module, EngineConfig(zero_stage=stage, precision="bf16", lr=1e-2), 1)
     one_pass = "has_overflow_partitioned_grads_serial" in vars(engine.optimizer)
     if deepspeeds_check:
         del engine.optimizer.has_overflow_partitioned_grads_serial
@@ -116,14 +116,15 @@ def main() -> None:
         out[precision] = {"replaced": replaced, "filled": fills,
                           "identical": all(torch.equal(a, b) for a, b in zip(ours, theirs))}
     out["bf16_carry"] = bf16_carry()
-    # bf16 ZeRO 2 with DeepSpeed's gradient overflow check (the default) and without: the check only reads.
+    # bf16 ZeRO 2 with the gradient overflow check (the default: the one-pass one) and without: it only reads.
     checked, _ = train("bf16", zero_stage=2)
     unchecked, _ = train("bf16", zero_stage=2, check_grad_overflow=False)
     out["overflow_check_only_reads"] = all(torch.equal(a, b) for a, b in zip(checked, unchecked))
     per_tensor, _ = train("bf16", zero_stage=2, deepspeeds_check=True)
     out["one_pass_check_same_as_deepspeeds"] = all(torch.equal(a, b) for a, b in zip(checked, per_tensor))
-    out["bad_gradient"] = {f"{check} {bad}": overflow_skips(check == "deepspeeds", bad)
-                           for check in ("one_pass", "deepspeeds") for bad in (float("nan"), float("-inf"))}
+    out["bad_gradient"] = {f"{check} zero{stage} {bad}": overflow_skips(check == "deepspeeds", bad, stage)
+                           for check in ("one_pass", "deepspeeds") for stage in (1, 2)
+                           for bad in (float("nan"), float("-inf"), 1e30)}
     torch.manual_seed(0)
     start = build(TINY, CHANNELS)
     # As the engine holds them before its first step: DeepSpeed casts the weights to bf16.

@@ -41,18 +41,19 @@ def test_bf16_zero0_rebuild_carries_adams_moments() -> None:
     assert r["same"], r
 
 
-def test_without_deepspeeds_overflow_check_bf16_trains_the_same() -> None:
-    """``check_grad_overflow: false`` drops a per-tensor check that only reads finite gradients (it skips
-    a step whose gradients are not finite, which these are): the same weights, after steps that moved
-    them."""
+def test_without_the_overflow_check_bf16_trains_the_same() -> None:
+    """``check_grad_overflow: false`` drops a check that only reads finite gradients (it skips a step
+    whose gradients are not finite, which these are): the same weights, after steps that moved them."""
     assert worker()["bf16_zero2_trained"] > 0 and worker()["overflow_check_only_reads"]
 
 
 def test_the_one_pass_overflow_check_skips_a_nan_or_inf_gradient_as_deepspeeds_does() -> None:
     """bf16 ZeRO 1/2 check the gradients for inf/NaN in one pass (``engines._any_non_finite``), not with
-    DeepSpeed's operators per tensor: a step whose gradients hold one NaN, or one -inf, is skipped (no
-    weight moves), the next, finite one trains; and a run trains bit for bit as with DeepSpeed's check."""
+    DeepSpeed's operators per tensor: under ZeRO 1 and 2, a step whose gradients hold one NaN, or one
+    -inf, is skipped (no weight moves), the next, finite one trains; a huge finite gradient (1e30) is
+    stepped, by both checks; and a run trains bit for bit as with DeepSpeed's check."""
     r = worker()["bad_gradient"]
-    assert all(v["one_pass"] for k, v in r.items() if k.startswith("one_pass")), r
-    assert len(r) == 4 and all(v["moved"] == [0, 4] and v["finite"] for v in r.values()), r
+    assert len(r) == 12 and all(v["one_pass"] for k, v in r.items() if k.startswith("one_pass")), r
+    for case, v in r.items():
+        assert v["moved"] == ([4, 4] if case.endswith("1e+30") else [0, 4]) and v["finite"], (case, r)
     assert worker()["one_pass_check_same_as_deepspeeds"]

@@ -11,6 +11,9 @@ Launches (each 10-15 s on 2 cores), shared by the checks below:
      weights exactly (so scoring changes nothing of training), the scoring ones also A's scores.
   C  resumed from A's step-2 checkpoint with a learning rate of 1e30: losses go non-finite, steps are
      skipped, training stops with an error naming the terms, the checkpoint is left as it was.
+  D  resumed from A's step-2 checkpoint with a generator learning rate beyond fp32's range: step 3's
+     losses are finite, its update makes the weights inf/NaN; the checkpoint due after it ends the run
+     naming them, unsaved.
 """
 from __future__ import annotations
 
