@@ -43,7 +43,7 @@ def test_a_parameter_a_buffer_or_the_average_that_is_not_finite_is_named() -> No
     assert "(first: generator.1.running_var)" in refusal(pair)
 
     pair = engines()
-    average = {name: t.float() for name, t in pair.generator.module.state_dict().items()}
+    average = {name: t.float().clone() for name, t in pair.generator.module.state_dict().items()}  # as WeightAverage keeps it
     average["0.bias"][0] = float("nan")
     message = refusal(pair, average)
     assert "1 of 15 weight tensors" in message and "(first: generator average.0.bias)" in message, message
