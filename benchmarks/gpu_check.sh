@@ -16,7 +16,8 @@
 # 2. One bf16 ZeRO-2 GAN step on one GPU with NCCL (benchmarks/gpu_step.py): step time, peak memory,
 #    FLOP/s as a fraction of this card's measured bf16 matmul peak, with cudnn.benchmark off and on; the
 #    GPU's kernel time against the step's (a profile), and per-sample time at 4x the batch and with
-#    channels_last inputs, and the compiled step (train.compile) against eager. Then the paper
+#    channels_last inputs, channels_last networks and inputs against NCHW (ZeRO 0 engines), and the
+#    compiled step (train.compile) against eager. Then the paper
 #    model (configs/paper.yaml, two scales at 1024x512, one clip).
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).

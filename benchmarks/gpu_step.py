@@ -1,7 +1,8 @@
 """One GAN step of the trainer (``trainer.step.train_batch``, real DeepSpeed engines) on one GPU: step
 time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak, and where the time
 goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
-channels_last inputs, and with ``--compile`` the compiled step (``train.compile``: the generator's scales and
+channels_last inputs, then channels_last networks and inputs on ZeRO 0 engines against NCHW, and with
+``--compile`` the compiled step (``train.compile``: the generator's scales and
 the discriminators) against the eager one.
 
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -112,6 +114,63 @@ def random_clips(dev: torch.device, b: int, t: int, channels: int, height: int, 
     if channels_last:  # each frame [B, C, H, W] a channels_last view; convolutions follow their input's layout
         clips = {k: v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for k, v in clips.items()}
     return ClipBatch(**clips, keys=[f"random-{i}" for i in range(b)], draws=[])
+
+
+class ConvLayouts(TorchDispatchMode):
+    """Counts the forward convolutions and those whose input is channels_last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = self.channels_last = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution:
+            self.total += 1
+            self.channels_last += args[0].dim() == 4 and args[0].is_contiguous(memory_format=torch.channels_last) \
+                and not args[0].is_contiguous()
+        return func(*args, **(kwargs or {}))
+
+
+def channels_last_trial(model: ModelConfig, channels: int, active: int, precision: str, settings: StepSettings,
+                        clips_in, batch_size: int, repeats: int) -> None:
+    """The step with the networks and the inputs channels_last (issue: cuDNN converting NCHW around each
+    bf16 convolution), against the same step NCHW, both on ZeRO 0 engines: the one stage that keeps a
+    module's own weights (ZeRO 1/2 make them views into flat buffers, NCHW). Not a setting of the trainer
+    yet: this measures whether it would pay. ``clips_in(layout)``: the step's inputs in that layout. Prints
+    the times and how many forward convolutions saw a channels_last input; checks the weights stay
+    channels_last through the steps."""
+    results = {}
+    for layout in ("NCHW", "channels_last"):
+        torch.manual_seed(0)
+        nets = build(model, channels)
+        nets.generator.set_active_scales(active)
+        discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
+        zero0 = EngineConfig(zero_stage=0, precision=precision)
+        pair = engines.Engines(engines.build(nets.generator, zero0, batch_size),
+                               engines.build(discriminators, zero0, batch_size))
+        if layout == "channels_last":  # after the build: DeepSpeed's initial broadcast views each weight as
+            for module in (nets.generator, discriminators):  # bytes, which a channels_last one refuses
+                module.to(memory_format=torch.channels_last)
+        clips = clips_in(layout)
+        train_batch(pair, clips, settings)  # warm-up
+        with ConvLayouts() as seen:
+            train_batch(pair, clips, settings)
+        times = []
+        for _ in range(repeats):
+            sync()
+            started = time.perf_counter()
+            train_batch(pair, clips, settings)
+            sync()
+            times.append(time.perf_counter() - started)
+        weights = [p for p in pair.generator.module.parameters() if p.dim() == 4]
+        kept = sum(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
+        results[layout] = (statistics.median(times), seen, kept, len(weights))
+        pair.destroy()
+    (nchw, nchw_seen, _, _), (last, seen, kept, weights) = results["NCHW"], results["channels_last"]
+    print(f"channels_last networks and inputs (ZeRO 0 engines): {last * 1000:.0f} ms per step against NCHW's "
+          f"{nchw * 1000:.0f} ms: {nchw / last:.2f}x faster; {seen.channels_last} of {seen.total} forward convolutions "
+          f"saw a channels_last input ({nchw_seen.channels_last} NCHW); {kept} of {weights} generator conv weights "
+          "still channels_last after the steps", flush=True)
 
 
 def main() -> None:
@@ -213,6 +272,10 @@ def main() -> None:
             took = median_step(clips)
             print(f"{name}: {took * 1000:.0f} ms per step, time per sample {took / samples / (base / batch_size):.2f} "
                   f"of batch {batch_size}'s", flush=True)
+        channels_last_trial(model, channels, active, precision, settings,
+                            lambda layout: random_clips(dev, batch_size, frames, channels, height, width,
+                                                        channels_last=layout == "channels_last"),
+                            batch_size, args.repeats)
     if any(merged_passes(model).values()):  # against a pass per set of frames, in this invocation
         apart = dataclasses.replace(settings, **merged_passes(model, False))
         train_batch(pair, batch, apart)  # warm-up: the passes' own shapes

@@ -38,6 +38,13 @@ def test_the_paper_model_step_runs_through_the_gpu_script_on_the_cpu() -> None:
     assert counts and int(counts.group(1)) > 1000 and int(counts.group(2)) == 0, done.stdout[-3000:]  # no GPU here
     assert re.search(r"batch 4: \d+ ms per step, time per sample [\d.]+ of batch 1's", done.stdout)
     assert re.search(r"batch 1, channels_last inputs: \d+ ms per step", done.stdout)
+    # Networks and inputs channels_last (ZeRO 0 engines, converted after DeepSpeed's initial broadcast):
+    # most convolutions see that layout, the weights keep it through the steps, NCHW sees none.
+    last = re.search(r"channels_last networks and inputs \(ZeRO 0 engines\): \d+ ms per step against NCHW's \d+ ms: "
+                     r"[\d.]+x faster; (\d+) of (\d+) forward convolutions saw a channels_last input \((\d+) NCHW\); "
+                     r"(\d+) of (\d+) generator conv weights still channels_last after the steps", done.stdout)
+    assert last, done.stdout[-3000:]
+    assert int(last[1]) > int(last[2]) // 2 and int(last[3]) == 0 and last[4] == last[5] != "0", last.group(0)
     assert re.search(r"a pass per set of frames \(train.merge_passes=false\): \d+ ms per step against merged "
                      r"\d+ ms: merged is [\d.]+x faster", done.stdout), done.stdout[-3000:]
     assert re.search(r"gradient overflow check \(switched on: DeepSpeed runs it for bf16 only\): \d+ ms per step with "
