@@ -6,6 +6,7 @@ Also runs as one process without a launcher (``python -m trainer ...``). Ray Tra
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -26,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     from trainer import distributed as dist
 
     dist.setup_process(dist.rank())
-    from trainer.loop import train
+    from trainer.loop import failure_logged, train
 
     try:
         result = train(cfg)
-    except Exception:  # train() logged it, with the traceback
+    except Exception as err:
+        if not failure_logged(err):  # train() logs what fails inside the run, with the traceback
+            logging.getLogger("trainer").exception("training failed")
         dist.exit_process(1)
     if dist.is_main():
         print(f"done: epochs={result.progress.epoch} steps={result.progress.step} "

@@ -87,7 +87,10 @@ class WeightAverage:
             self.reset(module)
             return
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        self.shadow, self.updates = saved["state_dict"], saved["updates"]
+        # Where the module's own tensors are (a GPU): ``update`` folds them into the average in place.
+        own = module.state_dict()
+        self.shadow = {name: value.to(own[name].device) for name, value in saved["state_dict"].items()}
+        self.updates = saved["updates"]
 
 
 def averaged_state(checkpoint: str | Path) -> dict[str, torch.Tensor] | None:

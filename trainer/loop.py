@@ -39,6 +39,7 @@ from trainer.validation import Validation
 log = logging.getLogger(__name__)
 failure_log = logging.getLogger("trainer.failure")
 """Why this rank stopped (not a console progress line under Ray: the CLI prints the error once)."""
+_LOGGED = "_trainer_failure_logged"
 
 _FLUSH_AT_SAVE_S = 5.0
 """Longest wait for the tracking server at a checkpoint (see ``_Run.save``)."""
@@ -58,9 +59,9 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
     ``on_checkpoint(folder, last_losses)`` runs on every rank after each complete checkpoint: the
     launcher's hook (Ray Train reports it there; every rank must report equally often).
     """
-    dist.init()
     run, status = None, "FAILED"
     try:
+        dist.init()
         run = _Run(cfg, on_checkpoint)  # a resume refused (a full disk) fails here
         run.budget.start()
         for epoch in range(run.progress.epoch, cfg.train.epochs):
@@ -88,10 +89,17 @@ def train(cfg: Config, on_checkpoint: CheckpointHook | None = None) -> TrainResu
         # Said before the cleanup below (the tracker's flush can take seconds): once one rank fails, Ray
         # stops the others, and a rank stopped first would leave its log without the reason (seen in CI).
         failure_log.exception("training failed: %s: %s", type(err).__name__, err)
+        setattr(err, _LOGGED, True)
         raise
     finally:
         if run is not None:
             run.close(status)
+
+
+def failure_logged(err: BaseException) -> bool:
+    """Whether ``train`` logged ``err``, with its traceback, before cleaning up (a failure while closing
+    a finished run is not)."""
+    return getattr(err, _LOGGED, False)
 
 
 class _Run:
@@ -102,7 +110,7 @@ class _Run:
 
         self.cfg, self.device, self.world = cfg, dist.device(), dist.world_size()
         self._build_loader = build_loader
-        # Same initial weights on every rank (DeepSpeed does not broadcast them for ZeRO 0).
+        # Same initial weights on every rank (DeepSpeed broadcasts rank 0's too; these are what it sends).
         torch.manual_seed(cfg.train.seed)
         first = _stage(cfg, 0)
         self.loader = build_loader(cfg.data, first.height, first.width, first.frames, rank=dist.rank(),

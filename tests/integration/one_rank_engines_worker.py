@@ -103,6 +103,27 @@ def overflow_skips(deepspeeds_check: bool, bad: float, stage: int) -> dict:
     return {"one_pass": one_pass, "moved": moved, "finite": finite}
 
 
+def channels_last_zero0_bf16() -> dict:
+    """A bf16 ZeRO 0 engine whose module is made channels_last after the build (DeepSpeed's initial
+    broadcast refuses such weights: benchmarks/gpu_step.py's trial does this): two steps move every
+    weight, and the convolution weights stay channels_last."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 1, 3))
+    engine = engines.build(module, EngineConfig(zero_stage=0, precision="bf16", lr=1e-2), 1)
+    module.to(memory_format=torch.channels_last)
+    moved = []
+    for _ in range(2):
+        before = [p.detach().clone() for p in module.parameters()]
+        frames = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        engine.backward(engine(frames).float().sum())
+        engine.step()
+        moved.append(sum(not torch.equal(a, b) for a, b in zip(before, module.parameters())))
+    kept = sum(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in module.parameters() if p.dim() == 4)
+    engine.destroy()
+    return {"moved": moved, "channels_last_weights": kept}
+
+
 def main() -> None:
     torch.set_num_threads(1)
     dist.init()
@@ -131,6 +152,7 @@ def main() -> None:
     initial = [p.detach().bfloat16().float() for module in (start.generator, start.image_discriminator,
                                                             start.temporal_discriminator) for p in module.parameters()]
     out["bf16_zero2_trained"] = sum(not torch.equal(a, b) for a, b in zip(initial, checked))
+    out["channels_last_zero0_bf16"] = channels_last_zero0_bf16()
     print(json.dumps(out), flush=True)
     dist.exit_process(0)
 

@@ -57,3 +57,11 @@ def test_the_one_pass_overflow_check_skips_a_nan_or_inf_gradient_as_deepspeeds_d
     for case, v in r.items():
         assert v["moved"] == ([4, 4] if case.endswith("1e+30") else [0, 4]) and v["finite"], (case, r)
     assert worker()["one_pass_check_same_as_deepspeeds"]
+
+
+def test_a_bf16_zero0_engine_trains_channels_last_weights() -> None:
+    """What benchmarks/gpu_step.py's channels-last trial relies on: ZeRO 0 keeps a module's own weights,
+    so weights made channels_last after the build keep that layout and are trained (bf16: DeepSpeed's
+    wrapper copies its fp32 masters into them each step)."""
+    r = worker()["channels_last_zero0_bf16"]
+    assert r == {"moved": [4, 4], "channels_last_weights": 2}, r

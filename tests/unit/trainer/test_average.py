@@ -67,3 +67,16 @@ def test_save_and_load_continue_exactly(tmp_path: Path) -> None:
     fresh.load(tmp_path / "none", net(4.0))  # an older checkpoint without an average: start from the weights
     assert fresh.updates == 0 and fresh.shadow["0.weight"][0, 0].item() == 4.0
     assert averaged_state(tmp_path / "none") is None
+
+
+def test_a_loaded_average_lives_where_the_module_does(tmp_path: Path) -> None:
+    """The file is read onto the CPU; a generator on a GPU folds its weights into the average in place, so
+    the average must be moved there (the meta device stands in for the GPU this machine lacks)."""
+    average = WeightAverage(0.99)
+    average.update(net(1.0))
+    average.save(tmp_path)
+    elsewhere = net(2.0).to("meta")
+    resumed = WeightAverage(0.99)
+    resumed.load(tmp_path, elsewhere)
+    assert {value.device.type for value in resumed.shadow.values()} == {"meta"}
+    resumed.update(elsewhere)  # on the CPU's copy: "Expected all tensors to be on the same device"
