@@ -31,7 +31,7 @@ from trainer.checkpoint import space_shortage
 from trainer.config import EVAL_METRICS
 from trainer.config_tree import to_dict
 from trainer.export import export_path
-from trainer.tracking import prepare_store
+from trainer.tracking import prepare_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
         else:
             result = torch_trainer(cfg, loop_config, callbacks).fit()
     except TrainingFailedError as err:
+        end_unfinished_runs(cfg)
         raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)} "
                              f"(logs: {log_dir(cfg.checkpoint.dir)})") from err
     metrics = dict(result.metrics or {})
@@ -177,6 +178,30 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
     return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
                         checkpoint=result.checkpoint.path if result.checkpoint else None,
                         export=export if export.is_file() else None, checkpoint_dir=Path(cfg.checkpoint.dir))
+
+
+def end_unfinished_runs(cfg: RootConfig) -> None:
+    """Mark FAILED the MLflow run of this training run (``cfg`` resolved: its tag ``checkpoint_dir``) where
+    it is still RUNNING once Ray gave up. Rank 0 ends its run FAILED itself as it cleans up, unless Ray
+    stopped it first: another rank's failure reached Ray while rank 0 was still flushing (seen in a test
+    run), or its process or node was lost. A tracking store that cannot be reached is said, not raised."""
+    if not cfg.tracking.enabled:
+        return
+    from mlflow.tracking import MlflowClient
+
+    folder = str(Path(cfg.checkpoint.dir).resolve())
+    try:
+        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            return
+        for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+            if run.data.tags.get("checkpoint_dir") == folder:
+                client.set_terminated(run.info.run_id, "FAILED")
+                log.info("tracking: marked run %s FAILED (its rank 0 was stopped before it could)", run.info.run_id)
+    except Exception as err:  # noqa: BLE001 - the run's failure is what the caller reports
+        log.warning("tracking: could not mark the failed run FAILED at %s: %s", redact("uri", cfg.tracking.uri),
+                    redact("error", f"{type(err).__name__}: {err}".splitlines()[0]))
 
 
 def train(cfg: RootConfig) -> LaunchResult:

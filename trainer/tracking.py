@@ -260,7 +260,9 @@ class Tracker(NullTracker):
         found = client.get_experiment_by_name(self.cfg.experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(
             self.cfg.experiment, artifact_location=self.cfg.artifact_location or None)
-        run = client.create_run(experiment_id, run_name=self.cfg.run_name or None)
+        with self._lock:  # created with its tags: a launcher finds the run by them even if this rank dies next
+            tags = dict(self._tags)
+        run = client.create_run(experiment_id, run_name=self.cfg.run_name or None, tags=tags)
         self.run_id = run.info.run_id
         log.info("tracking: run %s in experiment %s at %s", self.run_id, self.cfg.experiment,
                  redact("uri", self.cfg.uri))

@@ -103,3 +103,24 @@ def test_errors_a_restart_cannot_fix_end_the_run() -> None:
     # Retried as before: a crash, a lost connection, a location that may come back.
     stop.after_exception(None, worker_errors(RuntimeError("gloo: connection reset"), ConnectionError("peer gone"),
                                              UnusableLocationError("data.shards s3://b/p: endpoint unreachable")))
+
+
+def test_a_failed_run_left_running_is_marked_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 ends its MLflow run FAILED as it cleans up, unless Ray stopped it first: after Ray gives up,
+    the launcher marks this run's (found by its checkpoint folder) FAILED; other runs are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from cluster.launch import end_unfinished_runs
+    from trainer.tracking import prepare_store
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(load(REPO / "configs" / "demo.yaml"), embedded=True)
+    experiment = prepare_store(cfg.tracking)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    ours = client.create_run(experiment, tags={"checkpoint_dir": str(Path(cfg.checkpoint.dir).resolve())})
+    other = client.create_run(experiment, tags={"checkpoint_dir": str(tmp_path / "checkpoints" / "other")})
+    finished = client.create_run(experiment, tags={"checkpoint_dir": str(Path(cfg.checkpoint.dir).resolve())})
+    client.set_terminated(finished.info.run_id, "FINISHED")  # an earlier run of the same name
+    end_unfinished_runs(cfg)
+    status = {run: client.get_run(run.info.run_id).info.status for run in (ours, other, finished)}
+    assert list(status.values()) == ["FAILED", "RUNNING", "FINISHED"], status
