@@ -118,6 +118,18 @@ def random_clips(dev: torch.device, b: int, t: int, channels: int, height: int, 
     return ClipBatch(**clips, keys=[f"random-{i}" for i in range(b)], draws=[])
 
 
+def median_seconds(step, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``step``, the device synchronised around each."""
+    times = []
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 class ConvLayouts(TorchDispatchMode):
     """Counts the forward convolutions and those whose input is channels_last."""
 
@@ -159,16 +171,10 @@ def channels_last_trial(model: ModelConfig, channels: int, active: int, precisio
         train_batch(pair, clips, settings)  # warm-up
         with ConvLayouts() as seen:
             train_batch(pair, clips, settings)
-        times = []
-        for _ in range(repeats):
-            sync()
-            started = time.perf_counter()
-            train_batch(pair, clips, settings)
-            sync()
-            times.append(time.perf_counter() - started)
+        took = median_seconds(lambda: train_batch(pair, clips, settings), repeats)
         weights = [p for p in pair.generator.module.parameters() if p.dim() == 4]
         kept = sum(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
-        results[layout] = (statistics.median(times), seen, kept, len(weights))
+        results[layout] = (took, seen, kept, len(weights))
         pair.destroy()
         for module in vgg:
             module.to(memory_format=torch.contiguous_format)
@@ -229,14 +235,7 @@ def main() -> None:
     flops = counter.get_total_flops()
 
     def median_step(clips: ClipBatch, how: StepSettings = settings) -> float:
-        times = []
-        for _ in range(args.repeats):
-            sync()
-            started = time.perf_counter()
-            train_batch(pair, clips, how)
-            sync()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+        return median_seconds(lambda: train_batch(pair, clips, how), args.repeats)
 
     base = None
     for benchmark in ((False, True) if cuda else (False,)):  # cuDNN picking each conv's algorithm by timing

@@ -31,7 +31,7 @@ from trainer.checkpoint import space_shortage
 from trainer.config import EVAL_METRICS
 from trainer.config_tree import to_dict
 from trainer.export import export_path
-from trainer.tracking import prepare_store, redact
+from trainer.tracking import brief, prepare_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def end_unfinished_runs(cfg: RootConfig) -> None:
                 log.info("tracking: marked run %s FAILED (its rank 0 was stopped before it could)", run.info.run_id)
     except Exception as err:  # noqa: BLE001 - the run's failure is what the caller reports
         log.warning("tracking: could not mark the failed run FAILED at %s: %s", redact("uri", cfg.tracking.uri),
-                    redact("error", f"{type(err).__name__}: {err}".splitlines()[0]))
+                    brief(err))
 
 
 def train(cfg: RootConfig) -> LaunchResult:

@@ -172,7 +172,7 @@ class Tracker(NullTracker):
             try:
                 self._client.set_terminated(self.run_id, status)
             except Exception as err:  # the server may be gone: training's result does not depend on it
-                log.warning("tracking: could not mark run %s %s: %s", self.run_id, status, _brief(err))
+                log.warning("tracking: could not mark run %s %s: %s", self.run_id, status, brief(err))
 
     # -- the sender thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -190,7 +190,7 @@ class Tracker(NullTracker):
                     self._down_since = time.monotonic()
                     log.warning("tracking: %s is not answering (%s); training goes on, metrics are "
                                 "buffered (up to %d values) and sent when it answers",
-                                redact("uri", self.cfg.uri), _brief(err), self.cfg.max_buffered)
+                                redact("uri", self.cfg.uri), brief(err), self.cfg.max_buffered)
 
     def _send(self) -> None:
         from mlflow.entities import Param, RunTag
@@ -237,7 +237,7 @@ class Tracker(NullTracker):
                 if err.error_code != "INVALID_PARAMETER_VALUE":
                     raise  # the server is down: try again later
                 # MLflow params are write-once: a resumed run with a changed override keeps the first.
-                log.warning("tracking: run %s keeps its earlier params: %s", self.run_id, _brief(err))
+                log.warning("tracking: run %s keeps its earlier params: %s", self.run_id, brief(err))
 
     def _continue_run(self) -> None:
         from mlflow.exceptions import MlflowException
@@ -282,6 +282,7 @@ def make_tracker(cfg: TrackingConfig, params: dict[str, Any], run_id: str | None
     return Tracker(cfg, params, run_id=run_id, tags=tags)
 
 
-def _brief(err: Exception) -> str:
+def brief(err: Exception) -> str:
+    """``Type: message``, first line, secrets removed: an error as a log line shows it."""
     text = f"{type(err).__name__}: {err}"
     return redact("error", text.splitlines()[0][:300]) if text else type(err).__name__
