@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU paths end to end on one GPU, in about 10 minutes (each check has its own timeout; CHECKS
-# picks a subset). Prints one block per check; paste the output into docs/performance.md with the date
-# and the card.
+# The GPU paths end to end on one GPU: checks 1-4 in about 10 minutes, 5 in up to 10 more (each check
+# has its own timeout; CHECKS picks a subset, e.g. CHECKS="2 5"). Prints one block per check; paste the
+# output into docs/performance.md with the date and the card.
 #
 #   benchmarks/gpu_check.sh            (from the repository root, .venv installed with the CUDA torch)
 #   PY=python3 benchmarks/gpu_check.sh (another interpreter; torchrun is taken from beside it)
@@ -21,6 +21,9 @@
 #    model (configs/paper.yaml, two scales at 1024x512, one clip).
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
+# 5. The paper model's step (as in 2) compiled channels-last (train.compile=reduce-overhead with
+#    train.channels_last) against eager: time, and how much of the GPU's kernel time cuDNN spends
+#    converting layouts in each (minutes of compiling: last, so that it cannot cost the other checks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -46,7 +49,7 @@ failed() { echo "FAILED: $1 (exit $2)"; }
 # DALI's CUDA 13 wheel is over 400 MB) still runs 2 and the model tests.
 HAVE_DALI=$("$PY" -c 'import nvidia.dali' >/dev/null 2>&1 && echo 1 || echo 0)
 need_dali() { [ "$HAVE_DALI" = 1 ] || { echo "== $1: skipped, nvidia.dali does not import here"; return 1; }; }
-CHECKS=${CHECKS:-1 2 3 4}  # a subset, e.g. CHECKS="1 4"; 3 needs the shards that 1 packs
+CHECKS=${CHECKS:-1 2 3 4 5}  # a subset, e.g. CHECKS="1 4"; 3 needs the shards that 1 packs
 SIZE=${SIZE:-128x256}      # HEIGHTxWIDTH of the clips that 1 makes and times the loaders on
 SEQUENCES=${SEQUENCES:-8}  # synthetic sequences of 24 frames that 1 makes (3 clips of 8 each)
 want() { [[ " $CHECKS " == *" $1 "* ]]; }
@@ -172,5 +175,11 @@ echo "== 4. GPU-marked tests"
 GPU_TESTS=(tests/unit/models/test_gpu.py)
 [ "$HAVE_DALI" = 1 ] && GPU_TESTS+=(tests/unit/dataio/test_loader_gpu.py)
 timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" || failed "4. tests" $?
+fi
+if want 5; then
+echo "== 5. the paper model's step compiled channels-last (train.channels_last) against eager, 1024x512"
+timeout 600 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \
+    --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --repeats 3 --no-variants \
+    --compile reduce-overhead --channels-last || failed "5. channels-last" $?
 fi
 echo "== gpu_check done"

@@ -3,7 +3,9 @@ time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak
 goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
 channels_last inputs, then channels_last networks and inputs on ZeRO 0 engines against NCHW, and with
 ``--compile`` the compiled step (``train.compile``: the generator's scales and
-the discriminators) against the eager one.
+the discriminators) against the eager one, with ``--channels-last`` laid out channels-last by inductor
+(``train.channels_last``); on a GPU the GPU's kernel time of each, and how much of it is cuDNN converting
+NCHW to NHWC and back.
 
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \\
@@ -79,9 +81,13 @@ def parse() -> argparse.Namespace:
                              "discriminators) and time it against eager")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of --compile (aot_eager: the capture without code generation)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="with --compile (inductor): train.channels_last, the compiled graphs laid out channels-last")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 64x32, one timed step")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
     args = parser.parse_args()
+    if args.channels_last and not args.compile:
+        parser.error("--channels-last needs --compile (train.channels_last lays out the compiled graphs)")
     if args.smoke:
         args.width, args.repeats = 64, 1
     return args
@@ -128,6 +134,35 @@ def median_seconds(step, repeats: int) -> float:
         sync()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+# cuDNN's kernels that convert an NCHW input to NHWC and the output back, around each bf16 convolution.
+LAYOUT_CONVERSIONS = ("nchwToNhwc", "nhwcToNchw")
+
+
+def kernel_seconds(events) -> tuple[float, float]:
+    """GPU kernel time of a profiled step (``key_averages``) and the part of it cuDNN spent converting
+    layouts. Kernels only: op-level rows carry their kernels' time too and would count it twice."""
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    return busy, sum(e.self_device_time_total for e in kernels if any(n in e.key for n in LAYOUT_CONVERSIONS)) / 1e6
+
+
+def kernel_line(events, step: float) -> str:
+    busy, converting = kernel_seconds(events)
+    return (f"GPU kernels run {busy * 1000:.0f} ms of the {step * 1000:.0f} ms step ({busy / step:.2f}), "
+            f"{converting * 1000:.0f} ms of them cuDNN's NCHW<->NHWC conversions ({converting / max(busy, 1e-9):.2f})")
+
+
+def profiled(step) -> object:
+    """The torch profiler's ``key_averages`` of one call of ``step``, kernels included on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync()
+    return prof.key_averages()
 
 
 class ConvLayouts(TorchDispatchMode):
@@ -251,12 +286,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = False
 
     # Where the time goes: kernel time against the step's wall time, and the costliest kernels.
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        train_batch(pair, batch, settings)
-        sync()
-    events = prof.key_averages()
+    events = profiled(lambda: train_batch(pair, batch, settings))
     # Operators as the dispatcher sees them (nested ones too: aten::conv2d and the convolution it calls),
     # and kernels launched: each costs the host a few microseconds whatever its size.
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
@@ -264,10 +294,8 @@ def main() -> None:
     print(f"per step: {ops} ATen operator calls (nested included), {launches} GPU kernels; host time per "
           f"operator call {base / max(ops, 1) * 1e6:.1f} us of the step")
     if cuda:
-        # Kernels only: op-level rows carry their kernels' time too and would count it twice.
-        busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
-        print(f"GPU kernels run {busy * 1000:.0f} ms of the {base * 1000:.0f} ms step ({busy / base:.2f}): the rest "
-              f"is the host launching work (Python, DeepSpeed hooks, kernel launches)")
+        print(f"{kernel_line(events, base)}; the rest of the step is the host launching work (Python, "
+              "DeepSpeed hooks, kernel launches)")
     print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=12,
                        max_name_column_width=60), flush=True)
 
@@ -330,8 +358,9 @@ def main() -> None:
               f"{base * 1000:.0f} ms computing it in the step: {base / took:.2f}x faster (the flow alone "
               f"{flows * 1000:.0f} ms on the host)", flush=True)
     if args.compile:  # last: compiling changes the networks for good
-        generator.compile_frame_step(args.compile, backend=args.compile_backend)  # as the trainer does
-        compile_discriminators(pair.discriminator.module, args.compile, backend=args.compile_backend)
+        layout = dict(backend=args.compile_backend, channels_last=args.channels_last)  # as the trainer does
+        generator.compile_frame_step(args.compile, **layout)
+        compile_discriminators(pair.discriminator.module, args.compile, **layout)
         compiled = dataclasses.replace(settings, **merged_passes(model, compiled=True))  # as the trainer sets it
         started = time.perf_counter()
         train_batch(pair, batch, compiled)  # compiles each graph of the step (frames, updates, chunks)
@@ -339,9 +368,12 @@ def main() -> None:
         compiling = time.perf_counter() - started
         took = median_step(batch, compiled)
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        print(f"compiled step (train.compile={args.compile}, {args.compile_backend}: the generator's scales and the "
+        how = f"train.compile={args.compile}" + (", train.channels_last=true" if args.channels_last else "")
+        print(f"compiled step ({how}, {args.compile_backend}: the generator's scales and the "
               f"discriminators, {graphs} graphs): {took * 1000:.0f} ms per step against eager's {base * 1000:.0f} ms: "
               f"{base / took:.2f}x faster (compiling took {compiling:.0f} s)", flush=True)
+        if cuda:
+            print(f"compiled step: {kernel_line(profiled(lambda: train_batch(pair, batch, compiled)), took)}", flush=True)
     pair.destroy()
     dist.exit_process(0)
 

@@ -7,15 +7,30 @@ from torch import nn
 
 
 def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: str | Callable = "inductor",
-                 variants: int = 16) -> None:
+                 variants: int = 16, channels_last: bool = False) -> None:
     """Compile each of ``modules``' calls in place (``nn.Module.compile``: parameter names and state
     dicts unchanged), one graph per input shape. ``variants``: the input variants one module may see
     (shapes, training or ``no_grad``, frozen or trainable weights). Modules of one class share one
     code object, whose recompiles dynamo counts together: past its limit (8 by default) it runs them
-    eagerly with only a logged warning, so the limit is raised to cover them all."""
-    import torch._dynamo
+    eagerly with only a logged warning, so the limit is raised to cover them all.
 
+    ``channels_last`` (``train.channels_last``): inductor lays every graph's convolutions and the work
+    between them out channels-last, weights converted inside the graph (the parameters keep their
+    layout, so any ZeRO stage holds them as before). Inductor decides this per graph; on a GPU its
+    heuristic declines any graph holding a convolution with at least twice as many input channels as
+    output channels and a kernel over 1x1, which every graph of these models holds (a decoder's
+    narrowing convolutions, the 3-channel heads, each PatchGAN's last layer), so the choice is forced
+    here. Not in eager: PyTorch's CUDA reflection padding and group norm take NCHW only, so each would
+    convert the layout back (docs/performance.md)."""
+    import torch._dynamo
+    import torch._inductor
+
+    if channels_last and backend != "inductor":
+        raise ValueError(f"channels_last needs the inductor backend, which lays the graphs out; got {backend!r}")
     limit = variants * len(modules)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    # torch.compile takes a mode or inductor options, not both: the mode as the options it stands for.
+    layout = {"mode": None, "options": {**torch._inductor.list_mode_options(mode), "force_layout_optimization": True}} \
+        if channels_last else {"mode": None if mode == "default" else mode}
     for module in modules:
-        module.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
+        module.compile(backend=backend, dynamic=False, **layout)

@@ -54,13 +54,15 @@ class PatchDiscriminator(nn.Module):
         return features
 
 
-def compile_discriminators(module: nn.Module, mode: str = "default", backend: str | Callable = "inductor") -> None:
+def compile_discriminators(module: nn.Module, mode: str = "default", backend: str | Callable = "inductor",
+                           channels_last: bool = False) -> None:
     """Compile every PatchGAN in ``module`` in place (``train.compile``): the layers between the
     pooling and the windows, which stay eager. Each sees several batch sizes (the D and the G update
     judge different sets of frames; a clip's first chunk has no extra frames to judge), with trainable
-    or frozen weights (the G update freezes them), at a size per stage."""
+    or frozen weights (the G update freezes them), at a size per stage. ``channels_last``: see
+    ``models.compiling.compile_each``."""
     compile_each([m for m in module.modules() if isinstance(m, PatchDiscriminator)], mode, backend,
-                 variants=64)
+                 variants=64, channels_last=channels_last)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -103,12 +103,14 @@ class Generator(nn.Module):
                 for head in scale.heads():
                     head.requires_grad_(False)
 
-    def compile_frame_step(self, mode: str = "default", backend: str | Callable = "inductor") -> None:
+    def compile_frame_step(self, mode: str = "default", backend: str | Callable = "inductor",
+                           channels_last: bool = False) -> None:
         """Compile each scale's networks in place (``torch.compile``, fixed shapes): the frame step
-        without the OpenCV flow prior, which would break the graph."""
+        without the OpenCV flow prior, which would break the graph. ``channels_last``: see
+        ``models.compiling.compile_each``."""
         # Each scale sees up to 16 input variants (first frame or not, label-only path, training or
         # no_grad, coarser features or none, finest or not, and a size per stage).
-        compile_each(self.scales, mode, backend, variants=16 * len(self.scales))
+        compile_each(self.scales, mode, backend, variants=16 * len(self.scales), channels_last=channels_last)
 
     @property
     def label_prior(self) -> bool:

@@ -103,6 +103,14 @@ class TrainConfig:
     costs minutes at the start of a run on a CPU, where it did not make the step faster; it is meant
     for GPUs, where ``reduce-overhead`` adds CUDA graphs (1.34x faster steps on an H200 after 195 s of
     compiling, the generator alone). ``off``: eager (docs/performance.md has the measurements)."""
+    channels_last: bool = False
+    """With ``compile``: the compiled graphs run their convolutions and everything between them
+    channels-last (NHWC), which bf16 convolutions on GPUs compute in, so cuDNN's conversions to and
+    from NCHW around each of them go (14% of the paper model's kernel time on an H200). Inductor lays
+    the graphs out; its own heuristic declines every graph of these models, so this forces it
+    (``models/compiling.py``). The weights keep their layout (any ZeRO stage). Refused without
+    ``compile``: eager CUDA kernels for reflection padding and group norm take NCHW only. Not yet timed
+    on a GPU (``benchmarks/gpu_check.sh`` check 5)."""
     merge_passes: bool = True
     """One image-discriminator pass over every set of frames an update judges (real, output, raw
     hallucinated and label-only frames: four passes in each update otherwise; the G update's real
@@ -132,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"weight_average must be in [0, 1) (0: off), got {self.weight_average}")
         if not self.time_budget_s >= 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
+        if self.channels_last and self.compile == "off":
+            raise ValueError("channels_last needs compile (not off): the compiled graphs are what it lays out")
 
 
 EVAL_METRICS = {"eval/psnr": "max", "eval/ssim": "max", "eval/warp_error": "min", "eval/warp_ratio": "min"}

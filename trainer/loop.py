@@ -120,8 +120,8 @@ class _Run:
         self.generator = nets.generator
         self.discriminators = Discriminators(nets.image_discriminator, nets.temporal_discriminator)
         if cfg.train.compile != "off":
-            self.generator.compile_frame_step(cfg.train.compile)
-            compile_discriminators(self.discriminators, cfg.train.compile)
+            self.generator.compile_frame_step(cfg.train.compile, channels_last=cfg.train.channels_last)
+            compile_discriminators(self.discriminators, cfg.train.compile, channels_last=cfg.train.channels_last)
         self.average = WeightAverage(cfg.train.weight_average)
         self.settings = StepSettings.of(cfg, nets, self.device, on_generator_update=lambda: self.average.update(
             self.generator))

@@ -60,3 +60,9 @@ def test_the_paper_model_step_runs_through_the_gpu_script_on_the_cpu() -> None:
     assert compiled and int(compiled.group(2)) > 0 and float(compiled.group(4)) > 0, done.stdout[-3000:]
     # Two scales' frame steps (the first frame, the later ones) and the PatchGANs of both updates.
     assert int(compiled.group(1)) >= 4, compiled.group(0)
+
+
+def test_channels_last_is_refused_without_compile() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py"), "--smoke", "--channels-last"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--channels-last needs --compile" in done.stderr, done.stderr[-2000:]

@@ -92,9 +92,11 @@ def test_exponent_floats_without_a_dot(tmp_path: Path) -> None:
     ("eval.frames=1", "frames must be >= 2"),
     ("eval.split=test", "eval.split"),
     ("train.time_budget_s=-1", "time_budget_s must be >= 0"),
+    ("train.channels_last=true", r"channels_last needs compile \(not off\)"),
 ])
 def test_eval_and_budget_values_are_checked(override: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words) as caught:
         load(None, [override])
     assert f"override '{override}'" in str(caught.value)  # the override is named, even for a section-wide check
     assert load(None, ["eval.height=64", "eval.width=128", "train.time_budget_s=30"]).eval.width == 128
+    assert load(None, ["train.compile=reduce-overhead", "train.channels_last=true"]).train.channels_last
