@@ -22,8 +22,9 @@
 # 3. Save/resume round trip through the real trainer (torchrun, NCCL, bf16, ZeRO 2).
 # 4. The GPU-marked tests (mixed loader against cpu, networks on the GPU against the CPU).
 # 5. The paper model's step (as in 2) compiled channels-last (train.compile=reduce-overhead with
-#    train.channels_last) against eager: time, and how much of the GPU's kernel time cuDNN spends
-#    converting layouts in each (minutes of compiling: last, so that it cannot cost the other checks).
+#    train.channels_last), then compiled NCHW, against eager: time, and how much of the GPU's kernel
+#    time cuDNN spends converting layouts in each (minutes of compiling: last, so that it cannot cost
+#    the other checks; should the timeout cut the NCHW one, rerun with --layout nchw).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -177,9 +178,9 @@ GPU_TESTS=(tests/unit/models/test_gpu.py)
 timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" || failed "4. tests" $?
 fi
 if want 5; then
-echo "== 5. the paper model's step compiled channels-last (train.channels_last) against eager, 1024x512"
+echo "== 5. the paper model's step compiled channels-last (train.channels_last), then NCHW, against eager, 1024x512"
 timeout 600 "$TORCHRUN" --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \
     --width 1024 --active-scales 2 --batch 1 --frames-per-step 2 --repeats 3 --no-variants \
-    --compile reduce-overhead --channels-last || failed "5. channels-last" $?
+    --compile reduce-overhead --layout both || failed "5. channels-last" $?
 fi
 echo "== gpu_check done"

@@ -3,9 +3,10 @@ time, peak memory, FLOP/s as a fraction of this card's measured bf16 matmul peak
 goes (GPU kernel time against the step's, the costliest kernels), then a 4x larger batch and
 channels_last inputs, then channels_last networks and inputs on ZeRO 0 engines against NCHW, and with
 ``--compile`` the compiled step (``train.compile``: the generator's scales and
-the discriminators) against the eager one, with ``--channels-last`` laid out channels-last by inductor
-(``train.channels_last``); on a GPU the GPU's kernel time of each, and how much of it is cuDNN converting
-NCHW to NHWC and back.
+the discriminators) against the eager one, with ``--layout channels-last`` laid out channels-last by
+inductor (``train.channels_last``; ``both``: that, then NCHW); on a GPU the GPU's kernel time of each, and
+how much of it is cuDNN converting NCHW to NHWC and back (inductor's own copies, e.g. of the weights
+into the graph's layout, are not counted there).
 
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py                 # default model, 512x256
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_step.py --config configs/paper.yaml \\
@@ -81,13 +82,16 @@ def parse() -> argparse.Namespace:
                              "discriminators) and time it against eager")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of --compile (aot_eager: the capture without code generation)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="with --compile (inductor): train.channels_last, the compiled graphs laid out channels-last")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="nchw",
+                        help="with --compile (inductor): channels-last is train.channels_last, the compiled graphs "
+                             "laid out channels-last; both: channels-last, then NCHW, compiled and timed in turn")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 64x32, one timed step")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
     args = parser.parse_args()
-    if args.channels_last and not args.compile:
-        parser.error("--channels-last needs --compile (train.channels_last lays out the compiled graphs)")
+    if args.layout != "nchw" and not args.compile:
+        parser.error("--layout needs --compile (train.channels_last lays out the compiled graphs)")
+    if args.layout != "nchw" and args.compile_backend != "inductor":
+        parser.error("--layout channels-last needs --compile-backend inductor, which lays out the graphs")
     if args.smoke:
         args.width, args.repeats = 64, 1
     return args
@@ -136,6 +140,10 @@ def median_seconds(step, repeats: int) -> float:
     return statistics.median(times)
 
 
+# --layout: train.channels_last of each compiled step, in turn (channels-last first: should a timeout cut
+# the run, it is the one not measured before).
+LAYOUTS = {"nchw": (False,), "channels-last": (True,), "both": (True, False)}
+
 # cuDNN's kernels that convert an NCHW input to NHWC and the output back, around each bf16 convolution.
 LAYOUT_CONVERSIONS = ("nchwToNhwc", "nhwcToNchw")
 
@@ -154,11 +162,11 @@ def kernel_line(events, step: float) -> str:
             f"{converting * 1000:.0f} ms of them cuDNN's NCHW<->NHWC conversions ({converting / max(busy, 1e-9):.2f})")
 
 
-def profiled(step) -> object:
-    """The torch profiler's ``key_averages`` of one call of ``step``, kernels included on a GPU."""
+def profiled(step, cuda: bool):
+    """The torch profiler's ``key_averages`` of one call of ``step``, with the GPU's kernels if ``cuda``."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         step()
         sync()
@@ -286,7 +294,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = False
 
     # Where the time goes: kernel time against the step's wall time, and the costliest kernels.
-    events = profiled(lambda: train_batch(pair, batch, settings))
+    events = profiled(lambda: train_batch(pair, batch, settings), cuda)
     # Operators as the dispatcher sees them (nested ones too: aten::conv2d and the convolution it calls),
     # and kernels launched: each costs the host a few microseconds whatever its size.
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
@@ -357,23 +365,26 @@ def main() -> None:
         print(f"label flow computed ahead (trainer.batches.prepared): {took * 1000:.0f} ms per step against "
               f"{base * 1000:.0f} ms computing it in the step: {base / took:.2f}x faster (the flow alone "
               f"{flows * 1000:.0f} ms on the host)", flush=True)
-    if args.compile:  # last: compiling changes the networks for good
-        layout = dict(backend=args.compile_backend, channels_last=args.channels_last)  # as the trainer does
+    compiled = dataclasses.replace(settings, **merged_passes(model, compiled=True))  # as the trainer sets it
+    for channels_last in LAYOUTS[args.layout] if args.compile else ():  # last: compiling changes the networks
+        torch._dynamo.reset()  # a layout compiled before: its graphs (and CUDA graphs) go
+        torch._dynamo.utils.counters.clear()
+        layout = dict(backend=args.compile_backend, channels_last=channels_last)  # as the trainer does
         generator.compile_frame_step(args.compile, **layout)
         compile_discriminators(pair.discriminator.module, args.compile, **layout)
-        compiled = dataclasses.replace(settings, **merged_passes(model, compiled=True))  # as the trainer sets it
         started = time.perf_counter()
         train_batch(pair, batch, compiled)  # compiles each graph of the step (frames, updates, chunks)
         sync()
         compiling = time.perf_counter() - started
         took = median_step(batch, compiled)
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        how = f"train.compile={args.compile}" + (", train.channels_last=true" if args.channels_last else "")
+        how = f"train.compile={args.compile}" + (", train.channels_last=true" if channels_last else "")
         print(f"compiled step ({how}, {args.compile_backend}: the generator's scales and the "
               f"discriminators, {graphs} graphs): {took * 1000:.0f} ms per step against eager's {base * 1000:.0f} ms: "
               f"{base / took:.2f}x faster (compiling took {compiling:.0f} s)", flush=True)
         if cuda:
-            print(f"compiled step: {kernel_line(profiled(lambda: train_batch(pair, batch, compiled)), took)}", flush=True)
+            events = profiled(lambda: train_batch(pair, batch, compiled), cuda)
+            print(f"compiled step{', channels-last' if channels_last else ''}: {kernel_line(events, took)}", flush=True)
     pair.destroy()
     dist.exit_process(0)
 

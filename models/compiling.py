@@ -16,12 +16,13 @@ def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: s
 
     ``channels_last`` (``train.channels_last``): inductor lays every graph's convolutions and the work
     between them out channels-last, weights converted inside the graph (the parameters keep their
-    layout, so any ZeRO stage holds them as before). Inductor decides this per graph; on a GPU its
-    heuristic declines any graph holding a convolution with at least twice as many input channels as
-    output channels and a kernel over 1x1, which every graph of these models holds (a decoder's
-    narrowing convolutions, the 3-channel heads, each PatchGAN's last layer), so the choice is forced
-    here. Not in eager: PyTorch's CUDA reflection padding and group norm take NCHW only, so each would
-    convert the layout back (docs/performance.md)."""
+    layout, so any ZeRO stage holds them as before). Inductor decides this per graph; on a GPU its rule
+    for training graphs declines any graph holding a convolution with at least twice as many input
+    channels as output channels and a kernel taller than 1, which every training graph of these models
+    holds (a decoder's narrowing convolutions, the 3-channel heads, each PatchGAN's last layer), so the
+    choice is forced here, and layout optimization switched on where it is off by default (ROCm). Not in
+    eager: PyTorch's CUDA reflection padding and group norm take NCHW only, so each would convert the
+    layout back (docs/performance.md)."""
     import torch._dynamo
     import torch._inductor
 
@@ -30,7 +31,8 @@ def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: s
     limit = variants * len(modules)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     # torch.compile takes a mode or inductor options, not both: the mode as the options it stands for.
-    layout = {"mode": None, "options": {**torch._inductor.list_mode_options(mode), "force_layout_optimization": True}} \
+    forced = {"layout_optimization": True, "force_layout_optimization": True}
+    layout = {"mode": None, "options": {**torch._inductor.list_mode_options(mode), **forced}} \
         if channels_last else {"mode": None if mode == "default" else mode}
     for module in modules:
         module.compile(backend=backend, dynamic=False, **layout)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -62,7 +64,13 @@ def test_the_paper_model_step_runs_through_the_gpu_script_on_the_cpu() -> None:
     assert int(compiled.group(1)) >= 4, compiled.group(0)
 
 
-def test_channels_last_is_refused_without_compile() -> None:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py"), "--smoke", "--channels-last"],
+
+@pytest.mark.parametrize("arguments,words", [
+    (["--layout", "channels-last"], "--layout needs --compile"),
+    (["--layout", "both", "--compile", "default", "--compile-backend", "aot_eager"],
+     "--layout channels-last needs --compile-backend inductor"),
+])
+def test_a_layout_the_compiler_cannot_give_is_refused_before_any_step(arguments: list[str], words: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py"), "--smoke", *arguments],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "--channels-last needs --compile" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]

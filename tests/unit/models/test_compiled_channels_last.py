@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch._dynamo
 from tiny_training import CHANNELS, TINY
-from torch._inductor.utils import run_and_get_code
+from torch._inductor.utils import fresh_cache, run_and_get_code
 
 from models.build import build
 from models.compiling import compile_each
@@ -37,11 +37,13 @@ def one_frame_and_judgement(nets, labels: torch.Tensor, prev: torch.Tensor) -> t
 
 
 def channels_last_buffers(codes: list[str]) -> tuple[int, int]:
-    """4-D buffers the generated code asserts, and how many of them are channels-last (channel stride 1
-    where there is more than one channel)."""
+    """4-D buffers that the generated code asserts the strides of (what the convolutions, forward and
+    backward, return), and how many of them are channels-last: channel stride 1 with more than one
+    channel and more than one pixel (a 1x1 map has channel stride 1 in NCHW too)."""
     shapes = re.findall(r"assert_size_stride\(buf\d+, \(([^)]*)\), \(([^)]*)\)", "\n".join(codes))
-    four_d = [(size.split(","), stride.split(",")) for size, stride in shapes if size.count(",") == 3]
-    return len(four_d), sum(int(size[1]) > 1 and int(stride[1]) == 1 for size, stride in four_d)
+    four_d = [([int(n) for n in size.split(",")], [int(n) for n in stride.split(",")])
+              for size, stride in shapes if size.count(",") == 3]
+    return len(four_d), sum(size[1] > 1 and size[2] * size[3] > 1 and stride[1] == 1 for size, stride in four_d)
 
 
 def test_compiled_channels_last_matches_eager() -> None:
@@ -54,10 +56,11 @@ def test_compiled_channels_last_matches_eager() -> None:
     labels = torch.rand(2, 2, CHANNELS, 16, 32)
     prev = torch.rand(2, 2, 3, 16, 32) * 2 - 1
     eager_out, eager_grads = one_frame_and_judgement(nets, labels, prev)
-    with torch.backends.mkldnn.flags(enabled=False):
+    # Compiled at the first call, here: oneDNN off, and no cached graph (its key does not hold that).
+    with torch.backends.mkldnn.flags(enabled=False), fresh_cache():
         (out, grads), codes = run_and_get_code(lambda: one_frame_and_judgement(compiled, labels, prev))
     buffers, laid_out = channels_last_buffers(codes)
-    # The convolutions' inputs and outputs and the work between them, not a stray copy.
+    # Most convolutions, forward and backward, return channels-last maps: not a stray copy.
     assert buffers > 20 and laid_out > buffers // 2, (laid_out, buffers)
     for got, want in zip(out, eager_out, strict=True):
         assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
@@ -69,8 +72,8 @@ def test_compiled_channels_last_matches_eager() -> None:
 
 
 def test_inductors_own_rule_declines_these_graphs() -> None:
-    """Why the layout is forced: inductor's rule for a GPU (oneDNN off) keeps every graph of the
-    generator and the PatchGANs NCHW. Asked of the graphs AOT autograd captures, without generating code."""
+    """Why the layout is forced: inductor's rule for a GPU (oneDNN off) keeps every training graph of
+    the generator and the PatchGANs NCHW. Asked of the graphs AOT autograd captures, without generating code."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.decomposition import select_decomp_table
