@@ -24,7 +24,8 @@
 # 5. The paper model's step (as in 2) compiled channels-last (train.compile=reduce-overhead with
 #    train.channels_last), then compiled NCHW, against eager: time, and how much of the GPU's kernel
 #    time cuDNN spends converting layouts in each (minutes of compiling: last, so that it cannot cost
-#    the other checks; should the timeout cut the NCHW one, rerun with --layout nchw).
+#    the other checks; should the timeout cut the NCHW one, run check 5's gpu_step.py command by hand
+#    with --layout nchw).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD

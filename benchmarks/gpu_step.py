@@ -91,7 +91,7 @@ def parse() -> argparse.Namespace:
     if args.layout != "nchw" and not args.compile:
         parser.error("--layout needs --compile (train.channels_last lays out the compiled graphs)")
     if args.layout != "nchw" and args.compile_backend != "inductor":
-        parser.error("--layout channels-last needs --compile-backend inductor, which lays out the graphs")
+        parser.error(f"--layout {args.layout} needs --compile-backend inductor, which lays out the graphs")
     if args.smoke:
         args.width, args.repeats = 64, 1
     return args

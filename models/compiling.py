@@ -14,13 +14,15 @@ def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: s
     code object, whose recompiles dynamo counts together: past its limit (8 by default) it runs them
     eagerly with only a logged warning, so the limit is raised to cover them all.
 
-    ``channels_last`` (``train.channels_last``): inductor lays every graph's convolutions and the work
-    between them out channels-last, weights converted inside the graph (the parameters keep their
+    ``channels_last`` (``train.channels_last``): inductor lays every graph's convolutions out
+    channels-last, weights converted inside the graph (the parameters keep their
     layout, so any ZeRO stage holds them as before). Inductor decides this per graph; on a GPU its rule
     for training graphs declines any graph holding a convolution with at least twice as many input
     channels as output channels and a kernel taller than 1, which every training graph of these models
-    holds (a decoder's narrowing convolutions, the 3-channel heads, each PatchGAN's last layer), so the
-    choice is forced here, and layout optimization switched on where it is off by default (ROCm). Not in
+    probed held (a decoder's narrowing convolutions, the 3-channel heads, each PatchGAN's last layer), so the
+    choice is forced here, and layout optimization switched on where it is off by default (ROCm).
+    Inductor's source says that rule exists because the layout made pix2pix-like networks slower:
+    forcing it is a measured choice or none (``benchmarks/gpu_check.sh`` check 5). Not in
     eager: PyTorch's CUDA reflection padding and group norm take NCHW only, so each would convert the
     layout back (docs/performance.md)."""
     import torch._dynamo

@@ -104,13 +104,14 @@ class TrainConfig:
     for GPUs, where ``reduce-overhead`` adds CUDA graphs (1.34x faster steps on an H200 after 195 s of
     compiling, the generator alone). ``off``: eager (docs/performance.md has the measurements)."""
     channels_last: bool = False
-    """With ``compile``: the compiled graphs run their convolutions and everything between them
-    channels-last (NHWC), which bf16 convolutions on GPUs compute in, so cuDNN's conversions to and
-    from NCHW around each of them go (14% of the paper model's kernel time on an H200). Inductor lays
-    the graphs out; its own heuristic declines every graph of these models, so this forces it
-    (``models/compiling.py``). The weights keep their layout (any ZeRO stage). Refused without
-    ``compile``: eager CUDA kernels for reflection padding and group norm take NCHW only. Not yet timed
-    on a GPU (``benchmarks/gpu_check.sh`` check 5)."""
+    """With ``compile``: the compiled graphs run their convolutions channels-last (NHWC), the layout
+    bf16 convolutions on GPUs compute in, to spare cuDNN's conversions to and from NCHW around them
+    (all convolutions' conversions were 14% of the paper model's kernel time on an H200; VGG stays
+    eager NCHW, and each graph's outputs return in NCHW). Inductor lays the graphs out; on a GPU its
+    rule for training graphs declined every graph probed (it found this layout slower for
+    pix2pix-like networks), so this forces it (``models/compiling.py``). The weights keep their layout
+    (any ZeRO stage). Refused without ``compile``: eager CUDA kernels for reflection padding and group
+    norm take NCHW only. Not yet timed on a GPU (``benchmarks/gpu_check.sh`` check 5)."""
     merge_passes: bool = True
     """One image-discriminator pass over every set of frames an update judges (real, output, raw
     hallucinated and label-only frames: four passes in each update otherwise; the G update's real
