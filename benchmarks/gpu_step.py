@@ -65,7 +65,7 @@ class _Root:
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a config whose model and data.num_classes to use (default: the "
                                          "defaults, 8 classes + edges, as the earlier GPU rows measured)")
@@ -87,7 +87,7 @@ def parse() -> argparse.Namespace:
                              "laid out channels-last; both: channels-last, then NCHW, compiled and timed in turn")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, 64x32, one timed step")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.layout != "nchw" and not args.compile:
         parser.error("--layout needs --compile (train.channels_last lays out the compiled graphs)")
     if args.layout != "nchw" and args.compile_backend != "inductor":

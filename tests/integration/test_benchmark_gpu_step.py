@@ -74,3 +74,21 @@ def test_a_layout_the_compiler_cannot_give_is_refused_before_any_step(arguments:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py"), "--smoke", *arguments],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]
+
+
+def test_every_gpu_step_command_of_the_gpu_check_parses() -> None:
+    """gpu_check.sh runs only on a lent GPU, minutes at a time: a flag it passes that gpu_step.py no
+    longer takes would cost a session its check. Each of its gpu_step.py commands, as written there."""
+    import shlex
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_step import parse
+
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    commands = [line.split("benchmarks/gpu_step.py", 1)[1].split("||")[0]
+                for line in script.splitlines() if "benchmarks/gpu_step.py" in line and not line.lstrip().startswith("#")]
+    assert len(commands) == 3, commands  # check 2: the default and the paper model; check 5
+    for command in commands:
+        args = parse(shlex.split(command))
+        assert args.compile or args.config, command
+    assert any(parse(shlex.split(command)).layout == "both" for command in commands)
