@@ -92,3 +92,21 @@ def test_every_gpu_step_command_of_the_gpu_check_parses() -> None:
         args = parse(shlex.split(command))
         assert args.compile or args.config, command
     assert any(parse(shlex.split(command)).layout == "both" for command in commands)
+
+
+def test_the_gpu_checks_configs_load() -> None:
+    """Check 1's data settings and check 3's trainer run, as bash expands them from gpu_check.sh, load
+    as the scripts they feed load them: a key renamed since would otherwise fail only on a lent GPU."""
+    from trainer.config import load
+
+    arrays = subprocess.run(
+        ["bash", "-c", 'eval "$(sed -n "/^DATA=(/,/)$/p; /^RUN=(/,/)$/p" benchmarks/gpu_check.sh)"; '
+                       'printf "%s\\n" "${DATA[@]}"; echo --; printf "%s\\n" "${RUN[@]}"'],
+        cwd=REPO, env=dict(os.environ, WORK="/tmp/gpu-check", SIZE="128x256", SEQUENCES="8", REPO=str(REPO)),
+        capture_output=True, text=True, check=True).stdout.split("\n--\n")
+    data, run = (part.split() for part in arrays)
+    cfg = load(None, data)  # check 1's data.py: load(None, sys.argv[1:])
+    assert (cfg.data.synth.height, cfg.data.synth.width, cfg.data.shards) == (128, 256, "/tmp/gpu-check/shards")
+    assert run[0] == "--config"  # check 3: python -m trainer --config FILE key=value ...
+    cfg = load(run[1], run[2:])
+    assert cfg.data.loader.device == "mixed" and cfg.train.generator.zero_stage == 2 and not cfg.tracking.enabled
