@@ -5,6 +5,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+# Inductor reads the force only where layout optimization is on (off by default on ROCm).
+_FORCED_CHANNELS_LAST = {"layout_optimization": True, "force_layout_optimization": True}
+
 
 def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: str | Callable = "inductor",
                  variants: int = 16, channels_last: bool = False) -> None:
@@ -32,9 +35,9 @@ def compile_each(modules: Sequence[nn.Module], mode: str = "default", backend: s
         raise ValueError(f"channels_last needs the inductor backend, which lays the graphs out; got {backend!r}")
     limit = variants * len(modules)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    # torch.compile takes a mode or inductor options, not both: the mode as the options it stands for.
-    forced = {"layout_optimization": True, "force_layout_optimization": True}
-    layout = {"mode": None, "options": {**torch._inductor.list_mode_options(mode), **forced}} \
-        if channels_last else {"mode": None if mode == "default" else mode}
+    if channels_last:  # torch.compile takes a mode or inductor options, not both: the mode as its options
+        how = {"options": {**torch._inductor.list_mode_options(mode), **_FORCED_CHANNELS_LAST}}
+    else:
+        how = {"mode": None if mode == "default" else mode}
     for module in modules:
-        module.compile(backend=backend, dynamic=False, **layout)
+        module.compile(backend=backend, dynamic=False, **how)
