@@ -301,26 +301,30 @@ def _find_video(folder: Path) -> Path | None:
 
 
 def read_clip(sequence: Sequence, start: int, stop: int, opts: ReadOptions) -> ClipArrays:
-    """Frames ``[start, stop)`` of every stream, at packing size, labels remapped."""
+    """Frames ``[start, stop)`` of every stream, at packing size, labels remapped. Each frame is brought
+    to that size as it is read, so a run of full-size frames (2048x1024) is never held at once."""
+    height, width = sequence.packed_size(opts)
+    if opts.resize:
+        def smooth(frame: np.ndarray) -> np.ndarray:
+            return _resize_smooth(frame, height, width)
+
+        def nearest(ids: np.ndarray) -> np.ndarray:
+            return _resize_nearest(ids, height, width)
+    else:
+        def smooth(frame: np.ndarray) -> np.ndarray:  # the trailing odd row or column, cropped
+            return frame[:height, :width]
+        nearest = smooth
     if sequence.video is not None:
         try:
-            frames = video.decode_range(sequence.video, start, stop, sequence.video_pts)
+            frames = video.decode_range(sequence.video, start, stop, sequence.video_pts, each=smooth)
         except video.VideoError as err:
             raise BadInputError(sequence.video, f"unreadable video: {err}") from err
     else:
-        frames = np.stack([_read_rgb(p) for p in sequence.frame_files[start:stop]])
+        frames = np.stack([smooth(_read_rgb(p)) for p in sequence.frame_files[start:stop]])
     lookup = opts.lookup() if opts.label_map else None
-    labels = np.stack([read_label(p, opts, lookup) for p in sequence.label_files[start:stop]])
-    instances = (np.stack([read_instances(p) for p in sequence.instance_files[start:stop]])
+    labels = np.stack([nearest(read_label(p, opts, lookup)) for p in sequence.label_files[start:stop]])
+    instances = (np.stack([nearest(read_instances(p)) for p in sequence.instance_files[start:stop]])
                  if sequence.instance_files else None)
-    height, width = sequence.packed_size(opts)
-    if opts.resize:
-        frames = np.stack([_resize_smooth(f, height, width) for f in frames])
-        labels = _resize_nearest(labels, height, width)
-        instances = None if instances is None else _resize_nearest(instances, height, width)
-    else:
-        frames, labels = frames[:, :height, :width], labels[:, :height, :width]
-        instances = None if instances is None else instances[:, :height, :width]
     return ClipArrays(np.ascontiguousarray(frames), np.ascontiguousarray(labels),
                       None if instances is None else np.ascontiguousarray(instances))
 
@@ -414,8 +418,8 @@ def _resize_smooth(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def _resize_nearest(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of [T, H, W, ...] by index (any dtype; ids are never blended)."""
-    rows = np.minimum(((np.arange(height) + 0.5) * maps.shape[1] / height).astype(np.int64), maps.shape[1] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * maps.shape[2] / width).astype(np.int64), maps.shape[2] - 1)
-    return maps[:, rows][:, :, cols]
+def _resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of one map [H, W, ...] by index (any dtype; ids are never blended)."""
+    rows = np.minimum(((np.arange(height) + 0.5) * ids.shape[0] / height).astype(np.int64), ids.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * ids.shape[1] / width).astype(np.int64), ids.shape[1] - 1)
+    return ids[rows][:, cols]

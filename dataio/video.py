@@ -10,7 +10,7 @@ import dataclasses
 import io
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import av.filter
@@ -194,9 +194,10 @@ def scan(path: str | Path) -> VideoInfo:
                      pts=tuple(pts) if seekable else None)  # type: ignore[arg-type]
 
 
-def decode_range(path: str | Path, start: int, stop: int, pts: tuple[int, ...] | None = None
-                 ) -> np.ndarray:
-    """Frames ``[start, stop)`` (decoding order, as ``scan`` counts them) as uint8 [T, H, W, 3] RGB.
+def decode_range(path: str | Path, start: int, stop: int, pts: tuple[int, ...] | None = None,
+                 each: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Frames ``[start, stop)`` (decoding order, as ``scan`` counts them) as uint8 [T, H, W, 3] RGB,
+    each passed through ``each`` as it is decoded (a resize: only one frame is held at the video's size).
 
     With ``pts`` from ``scan`` it seeks to the keyframe before ``start`` and identifies frames by their
     timestamps, so reading a late clip of a long video does not decode the whole prefix. Without them,
@@ -207,17 +208,18 @@ def decode_range(path: str | Path, start: int, stop: int, pts: tuple[int, ...] |
     label = str(path)
     try:
         if pts is not None and stop <= len(pts):
-            frames = _decode_seeking(path, pts[start:stop])
+            frames = _decode_seeking(path, pts[start:stop], each)
             if frames is not None:
                 return frames
-        return _decode_counting(path, start, stop)
+        return _decode_counting(path, start, stop, each)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError) as err:
         raise VideoError(f"{label}: cannot decode video: {err}") from err
 
 
-def _decode_seeking(path: str | Path, wanted: tuple[int, ...]) -> np.ndarray | None:
+def _decode_seeking(path: str | Path, wanted: tuple[int, ...], each: Callable[[np.ndarray], np.ndarray] | None
+                    ) -> np.ndarray | None:
     frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -231,13 +233,18 @@ def _decode_seeking(path: str | Path, wanted: tuple[int, ...]) -> np.ndarray | N
                 continue
             if frame.pts != wanted[len(frames)]:
                 return None  # the seek overshot or the stream disagrees with the scan: count instead
-            frames.append(to_rgb(frame))
+            frames.append(_fitted(to_rgb(frame), each))
             if len(frames) == len(wanted):
                 return np.stack(frames)
     return None
 
 
-def _decode_counting(path: str | Path, start: int, stop: int) -> np.ndarray:
+def _fitted(frame: np.ndarray, each: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    return frame if each is None else each(frame)
+
+
+def _decode_counting(path: str | Path, start: int, stop: int, each: Callable[[np.ndarray], np.ndarray] | None
+                     ) -> np.ndarray:
     frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -245,7 +252,7 @@ def _decode_counting(path: str | Path, start: int, stop: int) -> np.ndarray:
         to_rgb = _RgbConverter(stream)
         for index, frame in enumerate(container.decode(stream)):
             if index >= start:
-                frames.append(to_rgb(frame))
+                frames.append(_fitted(to_rgb(frame), each))
             if index + 1 >= stop:
                 break
     if len(frames) != stop - start:

@@ -1,6 +1,7 @@
 """Reading the packing input layout: folders of frames or a video, labels, instances; every bad input."""
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,30 @@ def test_resize_keeps_label_ids_exact(tmp_path: Path) -> None:
     assert clip.frames.shape == (4, 16, 24, 3)
     full = np.asarray(Image.open(folder / "labels" / "000000.png"))
     assert np.array_equal(clip.labels[0], full[1::2, 1::2])  # nearest: no blended, invented ids
+
+
+def test_full_size_frames_are_resized_as_they_are_read(tmp_path: Path) -> None:
+    # Packing sizes its worker tasks by the packed frames (dataio.pack.RUN_PIXELS): full-size frames
+    # (Cityscapes is 2048x1024) must not be stacked at their source size first, from files or a video.
+    count, height, width = 12, 512, 1024
+    labels = np.zeros((count, height, width), np.uint8)
+    folder = write_sequence(tmp_path / "big", count, height=height, width=width, labels=labels)
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "frames").iterdir())])
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "labels").symlink_to(folder / "labels")
+    (tmp_path / "video" / "rgb.webm").write_bytes(video.encode_rgb(frames, crf=30))
+    opts = ReadOptions(num_classes=4, clip_frames=count, resize=(32, 64))
+    one_frame = height * width * 4  # RGB and its labels at the source size
+    for source in (folder, tmp_path / "video"):
+        seq = scan_sequence(source, opts)
+        tracemalloc.start()
+        try:
+            clip = read_clip(seq, 0, count, opts)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert clip.frames.shape == (count, 32, 64, 3) and clip.labels.shape == (count, 32, 64)
+        assert peak < 4 * one_frame, (source.name, peak / one_frame)  # all twelve would be 12x
 
 
 def test_binary_mask_saved_as_0_255_is_remapped(tmp_path: Path) -> None:
