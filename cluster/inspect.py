@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataio.config import DataConfig
-from dataio.loader import build_loader
+from dataio.loader import BadDataError, build_loader
 from dataio.manifest import read_manifest
 
 
@@ -17,9 +17,12 @@ def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = No
     frames = frames or cfg.clip_frames
     loader = build_loader(cfg, height, width, frames, split=split)
     try:
-        batch = next(iter(loader))
+        batch = next(iter(loader), None)
     finally:
         loader.close()
+    if batch is None:  # every sample skipped as bad (the warnings above name them)
+        raise BadDataError(f"{cfg.shards} [{split}]: no batch: {loader.stats.skipped} of {loader.stats.read} "
+                           "samples read were bad")
     lines = [f"{cfg.shards} [{split}]: {len(rows)} clips in {len({r.shard for r in rows})} shards, "
              f"{manifest.num_classes} classes",
              f"batch of {len(batch.keys)}: {', '.join(batch.keys)}"]

@@ -25,7 +25,7 @@ from cluster.ray_env import connected, target
 from cluster.run_log import ProgressTail, log_dir, ray_to_file, worker_log
 from cluster.worker import train_loop
 from dataio.errors import UnusableLocationError, UserInputError
-from dataio.reader import list_shards, manifest_or_none
+from dataio.reader import planned
 from dataio.storage import check_location
 from trainer.checkpoint import space_shortage
 from trainer.config import EVAL_METRICS
@@ -109,7 +109,7 @@ def resolve(cfg: RootConfig, embedded: bool) -> RootConfig:
 def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     """What would otherwise fail inside every worker, late and retried: more workers than an embedded
     Ray has CPUs, a location that cannot be read or written, a checkpoint folder whose disk cannot
-    take the next checkpoint, shards missing or too few to split."""
+    take the next checkpoint, shards missing, too few to split, or unlike what the config asks of them."""
     cluster = cfg.cluster
     if embedded:
         cpus = cluster.num_cpus or os.cpu_count() or 1
@@ -127,7 +127,8 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
         shortage = space_shortage(cfg.checkpoint.dir)
         if shortage:
             raise NotReadyError(f"checkpoint.dir: {shortage}")
-    shards = list_shards(cfg.data.shards, "train", manifest_or_none(cfg.data.shards))
+    # Clips as long as the schedule's longest, the classes, a full batch per worker.
+    shards, _ = planned(cfg.data, "train", cfg.train.schedule.max_frames, cfg.cluster.num_workers)
     if len(shards) < cfg.cluster.num_workers:
         raise NotReadyError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
                          f"cluster.num_workers={cfg.cluster.num_workers} workers; pack with fewer "

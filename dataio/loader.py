@@ -93,15 +93,8 @@ def build_loader(cfg: DataConfig, height: int, width: int, frames: int, *, split
     trainer passes its epoch so a resumed run sees what it would have seen); each later ``iter()``
     takes the next. Reads the manifest (without one, the first sample) to learn the label layout.
     """
-    if not 1 <= frames <= cfg.clip_frames:
-        raise ValueError(f"frames={frames} must be in [1, data.clip_frames={cfg.clip_frames}]")
+    shards, layout = reader.planned(cfg, split, frames, world_size)
     loader_cfg = cfg.loader
-    manifest = reader.manifest_or_none(cfg.shards)
-    shards = reader.list_shards(cfg.shards, split, manifest)
-    layout = reader.layout(cfg.shards, split, shards, manifest)
-    if layout.label_kind == "classes" and layout.num_classes > cfg.num_classes:
-        raise ValueError(f"{cfg.shards}: shards were packed with num_classes={layout.num_classes}, "
-                         f"more than data.num_classes={cfg.num_classes}")
     device_id = None
     if loader_cfg.device == "mixed":
         if min(layout.min_height, layout.min_width) < NVDEC_MIN_SIDE:

@@ -62,6 +62,12 @@ class Manifest:
     def samples(self, split: str) -> int:
         return sum(row.split == split for row in self.rows)
 
+    @property
+    def has_edges(self) -> bool:
+        """Whether the label input has an instance-edge channel: one answer for every split (the
+        networks are sized from the training split's input, and judged on the held-out one)."""
+        return any(row.has_edges for row in self.rows)
+
     def to_table(self) -> pa.Table:
         columns = {name: [getattr(row, name) for row in self.rows] for name in _SCHEMA.names}
         meta = {"num_classes": self.num_classes, "clip_frames": self.clip_frames,

@@ -26,6 +26,8 @@ from typing import IO, Generic, TypeVar
 import numpy as np
 
 from dataio import format as fmt
+from dataio.config import DataConfig
+from dataio.errors import UserInputError
 from dataio.manifest import Manifest, read_manifest
 from dataio.storage import Destination, describe
 
@@ -55,16 +57,24 @@ class Skip:
 # Where the shards are
 
 
+class ShardsMismatchError(UserInputError, ValueError):
+    """The shards cannot give what the configuration asks: clips as long, as many classes, full batches."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """What the label tensor looks like for a split: fixed when a loader is built."""
     label_kind: str
     has_edges: bool
-    """True when any sample of the split carries ``edge.webm`` (the others get a zero edge channel)."""
+    """True when any sample of the dataset carries ``edge.webm`` (the others get a zero edge channel)."""
     num_classes: int
     min_height: int
     min_width: int
     """The smallest stored frame size among the split's clips (NVDEC has a minimum)."""
+    min_frames: int
+    """The shortest clip of the split."""
+    clips: int | None
+    """The split's clips (None without a manifest)."""
 
 
 def manifest_or_none(url: str) -> Manifest | None:
@@ -92,10 +102,38 @@ def layout(url: str, split: str, shards: list[str], manifest: Manifest | None = 
     """The split's label layout, from the manifest when there is one, else from its first sample."""
     if manifest is not None:
         rows = [row for row in manifest.rows if row.split == split]
-        return Layout(manifest.label_kind, any(row.has_edges for row in rows), manifest.num_classes,
-                      min(row.height for row in rows), min(row.width for row in rows))
+        return Layout(manifest.label_kind, manifest.has_edges, manifest.num_classes,
+                      min(row.height for row in rows), min(row.width for row in rows),
+                      min(row.frames for row in rows), len(rows))
     meta = first_sample(url, shards).meta
-    return Layout(meta.label_kind, meta.has_edges, meta.num_classes, meta.height, meta.width)
+    return Layout(meta.label_kind, meta.has_edges, meta.num_classes, meta.height, meta.width, meta.frames, None)
+
+
+def planned(cfg: DataConfig, split: str, frames: int, world_size: int = 1) -> tuple[list[str], Layout]:
+    """The shards of ``split`` and their layout, refused (``ShardsMismatchError``) where they cannot give
+    clips of ``frames`` frames, the configured classes, or a full training batch to each of
+    ``world_size`` ranks. Reads the manifest (without one, the split's first sample): the launcher asks
+    this before any worker starts."""
+    where = describe(cfg.shards)
+    if not 1 <= frames <= cfg.clip_frames:
+        raise ShardsMismatchError(f"{frames} frames per clip asked, outside [1, data.clip_frames={cfg.clip_frames}]")
+    manifest = manifest_or_none(cfg.shards)
+    shards = list_shards(cfg.shards, split, manifest)
+    shape = layout(cfg.shards, split, shards, manifest)
+    if shape.label_kind == "classes" and shape.num_classes > cfg.num_classes:
+        raise ShardsMismatchError(f"{where}: shards were packed with num_classes={shape.num_classes}, "
+                                  f"more than data.num_classes={cfg.num_classes}: set data.num_classes="
+                                  f"{shape.num_classes}")
+    if frames > shape.min_frames:
+        raise ShardsMismatchError(f"{where}: its {split} clips hold {shape.min_frames} frames, {frames} are asked "
+                                  f"(train.schedule.max_frames, eval.frames or data.clip_frames): pack them again "
+                                  f"with data.clip_frames={frames}, or ask for fewer")
+    batch = cfg.loader.batch_size
+    if split == "train" and shape.clips is not None and shape.clips < batch * world_size:
+        raise ShardsMismatchError(f"{where}: {shape.clips} train clip(s) cannot give {world_size} rank(s) a "
+                                  f"batch of data.loader.batch_size={batch} each (an epoch keeps full batches "
+                                  "only): lower the batch size, or pack more clips (data.pack.clip_stride)")
+    return shards, shape
 
 
 def shards_for_rank(shards: list[str], rank: int, world_size: int, seed: int, epoch: int,

@@ -3,6 +3,7 @@ worker errors end a run without a restart."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,12 @@ def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.Mo
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*base, "checkpoint.dir=a-file/ckpt"]), True))
     with pytest.raises(FileNotFoundError, match="no train shards"):  # everything before the shards passed
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
+    # Shards of shorter clips than the schedule's longest (8): refused here, not as bad data in each worker.
+    from tests.unit.dataio.test_planned import shards_of
+    shards_of(tmp_path / "data" / "demo" / "shards", frames=4)
+    with pytest.raises(ValueError, match=r"shards: its train clips hold 4 frames, 8 are asked"):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
+    shutil.rmtree(tmp_path / "data")
     # A resumed run on a disk that cannot take its next checkpoint (about the size of its latest).
     from trainer import checkpoint
     folder = resolve(load(REPO / "configs" / "demo.yaml", base), True).checkpoint.dir

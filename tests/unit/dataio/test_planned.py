@@ -1,0 +1,52 @@
+"""What the shards can give against what the config asks, read from the manifest before a loader (or a
+worker) starts: clips as long as asked, the classes, a full batch per rank, one label layout per dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataio.config import DataConfig, LoaderConfig
+from dataio.errors import UserInputError
+from dataio.manifest import Manifest, ManifestRow, write_manifest
+from dataio.reader import ShardsMismatchError, planned
+from dataio.storage import Destination
+
+
+def shards_of(folder: Path, *, frames: int = 4, classes: int = 8, train: int = 4,
+              val_edges: bool = False) -> str:
+    """A manifest of ``train`` clips with instance edges and two held-out clips (with or without them)."""
+    def row(split: str, index: int, edges: bool) -> ManifestRow:
+        return ManifestRow(shard=f"{split}-000000.tar", key=f"s{index}_000000", sequence=f"s{index}", start_frame=0,
+                           frames=frames, height=32, width=64, classes=classes, bytes=1, split=split,
+                           has_edges=edges)
+
+    rows = [row("train", i, True) for i in range(train)] + [row("val", 100 + i, val_edges) for i in range(2)]
+    folder.mkdir(parents=True)
+    write_manifest(Manifest(rows, num_classes=classes, clip_frames=frames), Destination(str(folder)))
+    return str(folder)
+
+
+def test_shards_that_fit_are_listed_with_one_label_layout_for_every_split(tmp_path: Path) -> None:
+    cfg = DataConfig(shards=shards_of(tmp_path / "s"), num_classes=8, clip_frames=8)
+    shards, train = planned(cfg, "train", 4, world_size=2)
+    assert [Path(s).name for s in shards] == ["train-000000.tar"] and train.clips == 4 and train.min_frames == 4
+    # The networks are sized from the training split: its held-out clips without instance maps still
+    # get the edge channel (zero), or scoring during training would not fit the generator.
+    _, val = planned(cfg, "val", 4)
+    assert val.has_edges and train.has_edges
+
+
+@pytest.mark.parametrize("change, asked, message", [
+    ({}, 8, r"s: its train clips hold 4 frames, 8 are asked .*pack them again with data.clip_frames=8"),
+    ({"classes": 35}, 4, r"s: shards were packed with num_classes=35, more than data.num_classes=8: "
+                         r"set data.num_classes=35$"),
+    ({"train": 3}, 4, r"s: 3 train clip\(s\) cannot give 2 rank\(s\) a batch of data.loader.batch_size=2 each"),
+])
+def test_what_the_shards_cannot_give_is_refused_in_one_line(tmp_path: Path, change: dict, asked: int,
+                                                            message: str) -> None:
+    cfg = DataConfig(shards=shards_of(tmp_path / "s", **change), num_classes=8, clip_frames=8,
+                     loader=LoaderConfig(batch_size=2))
+    with pytest.raises(ShardsMismatchError, match=message) as refused:
+        planned(cfg, "train", asked, world_size=2)
+    assert isinstance(refused.value, UserInputError) and "\n" not in str(refused.value)
