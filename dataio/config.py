@@ -5,6 +5,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+MIN_SIDE = 16
+"""Smallest packed side: DIS flow works on 8x8 patches over an image pyramid."""
+
+
 @dataclass
 class SynthConfig:
     """`vid2vid data synth`: procedural paired label/RGB sequences."""
@@ -68,8 +72,8 @@ class PackConfig:
             raise ValueError(f"rgb_crf must be in [0, 63], got {self.rgb_crf}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.resize and (len(self.resize) != 2 or any(v < 2 or v % 2 for v in self.resize)):
-            raise ValueError(f"resize must be [height, width], even and >= 2, got {self.resize}")
+        if self.resize and (len(self.resize) != 2 or any(v < MIN_SIDE or v % 2 for v in self.resize)):
+            raise ValueError(f"resize must be [height, width], even and >= {MIN_SIDE}, got {self.resize}")
 
 
 @dataclass

@@ -41,13 +41,15 @@ import numpy as np
 from PIL import Image
 
 from dataio import video
+from dataio.config import MIN_SIDE
 from dataio.errors import UserInputError
 from dataio.labels import LabelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-MIN_SIDE = 16
-"""Smallest packed side: DIS flow works on 8x8 patches over an image pyramid."""
+OS_LITTER = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"}
+"""Files and folders that file managers and archivers leave beside a user's own (with every name
+starting with ``.``: ``.DS_Store``, macOS's ``._*`` resource forks)."""
 
 
 Layout = Literal["ours", "vid2vid", "davis"]
@@ -156,6 +158,11 @@ class SequenceSource:
     instances: Path | None = None
 
 
+def ignored(path: Path) -> bool:
+    """Whether a file or folder in an input folder is an operating system's, not the user's."""
+    return path.name.startswith(".") or path.name.lower() in OS_LITTER
+
+
 def sequence_sources(root: Path, layout: Layout = "ours") -> list[SequenceSource]:
     """The input sequences under ``root`` (``data.pack.source``) in ``layout``, in natural order."""
     if not root.is_dir():
@@ -192,7 +199,7 @@ def _davis_resolution(root: Path) -> str:
 def _sub_folders(root: Path, what: str) -> list[Path]:
     if not root.is_dir():
         raise BadInputError(root, "not a folder")
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    folders = [p for p in root.iterdir() if p.is_dir() and not ignored(p)]
     if not folders:
         raise BadInputError(root, f"no {what}")
     return sorted(folders, key=lambda p: natural_key(p.name))
@@ -202,7 +209,10 @@ def sequence_folders(root: Path) -> list[Path]:
     """The sequence folders of a source folder in our layout, in natural order."""
     if not root.is_dir():
         raise BadInputError(root, "data.pack.source is not a folder")
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if (root / "labels").is_dir() and ((root / "frames").is_dir() or any(root.glob("rgb.*"))):
+        raise BadInputError(root, "is one sequence (it holds labels/ beside its frames): data.pack.source is "
+                                  "the folder of sequence folders, here its parent")
+    folders = [p for p in root.iterdir() if p.is_dir() and not ignored(p)]
     if not folders:
         raise BadInputError(root, "no sequence folders (expected sub-folders with frames/ or rgb.<ext>, "
                                   "and labels/)")
@@ -229,8 +239,8 @@ def scan_sequence(source: SequenceSource | Path, opts: ReadOptions) -> Sequence:
     if not source.labels.is_dir():
         raise BadInputError(folder, "no labels/ folder" if source.frames is None
                             else f"no folder of label maps ({source.labels}) for these frames")
-    label_files = _list_images(source.labels, (".png",))
-    instance_files = _list_images(source.instances, (".png",)) if source.instances is not None else ()
+    label_files = list_images(source.labels, (".png",))
+    instance_files = list_images(source.instances, (".png",)) if source.instances is not None else ()
     if video_file is not None:
         try:
             info = video.scan(video_file)
@@ -239,7 +249,7 @@ def scan_sequence(source: SequenceSource | Path, opts: ReadOptions) -> Sequence:
         frame_files, count, size, fps, pts = (), info.frames, (info.height, info.width), info.fps, info.pts
         reference = video_file
     else:
-        frame_files = _list_images(frames_folder, IMAGE_SUFFIXES)
+        frame_files = list_images(frames_folder, IMAGE_SUFFIXES)
         count, size, fps, pts = len(frame_files), _read_rgb(frame_files[0]).shape[:2], 30.0, None
         reference = frame_files[0]
         for path in frame_files[1:]:
@@ -268,23 +278,34 @@ def scan_sequence(source: SequenceSource | Path, opts: ReadOptions) -> Sequence:
 
 
 def _first_unpartnered(files: Sequence_[Path], frame_files: Sequence_[Path], count: int) -> str:
-    """Where pairing by position first goes wrong, for a person to fix: by the numbers in the names
-    when both sides have them (a gap in one numbering), else the first file past the shorter list."""
-    def number(path: Path) -> int | None:
-        found = re.findall(r"\d+", path.stem)
-        return int(found[-1]) if found else None
-    ours, theirs = [number(p) for p in files], [number(p) for p in frame_files]
-    if frame_files and None not in ours and None not in theirs:
+    """Where pairing by position first goes wrong, for a person to fix: by the frame numbers in the
+    names when both sides have them (a gap in one numbering), else the first file past the shorter list."""
+    ours, theirs = _frame_numbers(files), _frame_numbers(frame_files)
+    if ours is not None and theirs is not None and len(ours[0]) == len(theirs[0]):
         frames_have, files_have = set(theirs), set(ours)
         for path, n in zip(files, ours):
             if n not in frames_have:
-                return f"{path.name} has no frame numbered {n}"
+                return f"{path.name} has no frame numbered {_shown(n)}"
         for path, n in zip(frame_files, theirs):
             if n not in files_have:
-                return f"frame {path.name} has no partner numbered {n}"
+                return f"frame {path.name} has no partner numbered {_shown(n)}"
     if len(files) > count:
         return f"{files[count].name} and after have no frame"
     return f"frames from number {len(files)} (counting from 0) have no partner"
+
+
+def _frame_numbers(paths: Sequence_[Path]) -> list[tuple[int, ...]] | None:
+    """Each name's numbers that change along the list (Cityscapes' ``..._000008_leftImg8bit.png``: the
+    frame's, not the 8 of every name), or None where names differ in shape or no number changes."""
+    groups = [re.findall(r"\d+", p.stem) for p in paths]
+    if len(groups) < 2 or len({len(g) for g in groups}) != 1:
+        return None
+    changing = [i for i in range(len(groups[0])) if len({g[i] for g in groups}) > 1]
+    return [tuple(int(g[i]) for i in changing) for g in groups] if changing else None
+
+
+def _shown(number: tuple[int, ...]) -> str:
+    return "_".join(str(n) for n in number)
 
 
 def _find_video(folder: Path) -> Path | None:
@@ -364,10 +385,11 @@ def read_instances(path: Path) -> np.ndarray:
     return _single_channel(path, image).astype(np.int32)
 
 
-def _list_images(folder: Path, suffixes: tuple[str, ...]) -> tuple[Path, ...]:
+def list_images(folder: Path, suffixes: tuple[str, ...]) -> tuple[Path, ...]:
+    """The images of an input folder in natural order; any other file of the user's is refused."""
     files = []
     for path in folder.iterdir():
-        if path.name.startswith("."):
+        if ignored(path):
             continue
         if not path.is_file() or path.suffix.lower() not in suffixes:
             raise BadInputError(path, f"not a {'/'.join(s[1:].upper() for s in suffixes)} file; "
@@ -389,7 +411,18 @@ def _open(path: Path) -> Image.Image:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    return np.asarray(_open(path).convert("RGB"))
+    """uint8 [H, W, 3]; a 16-bit grey frame scaled to 8 bits (Pillow's conversion would clip it to white)."""
+    image = _open(path)
+    if image.mode not in _WIDE_GREY:
+        return np.asarray(image.convert("RGB"))
+    values = np.asarray(image).astype(np.int64)
+    if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        raise BadInputError(path, f"grey values outside 0..65535 (mode {image.mode}): not a 16-bit frame")
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
 
 
 def _single_channel(path: Path, image: Image.Image) -> np.ndarray:

@@ -169,6 +169,36 @@ def test_source_folder_lists_sequences_naturally(tmp_path: Path) -> None:
         sequence_folders(tmp_path / "seq2")
 
 
+def test_what_systems_leave_in_folders_is_ignored_and_one_sequence_is_not_a_source(tmp_path: Path) -> None:
+    folder = write_sequence(tmp_path / "src" / "walk")
+    for sub in ("frames", "labels"):
+        (folder / sub / "Thumbs.db").write_bytes(b"x")
+        (folder / sub / "desktop.ini").write_text("x")
+        (folder / sub / "._000000.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's resource fork
+    (tmp_path / "src" / "__MACOSX").mkdir()
+    assert [p.name for p in sequence_folders(tmp_path / "src")] == ["walk"]
+    assert scan_sequence(folder, OPTS).frames == 6
+    # data.pack.source pointed at the one sequence of a long video, not the folder above it
+    with pytest.raises(BadInputError, match=r"src/walk: is one sequence .* here its parent"):
+        sequence_folders(folder)
+
+
+def test_16_bit_grey_frames_are_scaled_not_clipped(tmp_path: Path) -> None:
+    folder = write_sequence(tmp_path / "deep")
+    ramp = np.tile(np.linspace(0, 65535, W).astype(np.uint16), (H, 1))
+    for path in (folder / "frames").iterdir():
+        Image.fromarray(ramp).save(path)  # mode I;16
+    clip = read_clip(scan_sequence(folder, OPTS), 0, 4, OPTS)
+    assert clip.frames[0, 0, 0].tolist() == [0, 0, 0] and clip.frames[0, 0, -1].tolist() == [255, 255, 255]
+    assert abs(int(clip.frames[0, 0, W // 2, 0]) - 127) <= 3  # Pillow's own conversion gave 255 here
+
+
+def test_a_resize_too_small_for_the_flow_is_a_config_error() -> None:
+    from dataio.config import PackConfig
+    with pytest.raises(ValueError, match=r"resize must be \[height, width\], even and >= 16, got \[8, 16\]"):
+        PackConfig(resize=[8, 16])
+
+
 def test_label_map_outside_the_classes_is_a_config_error() -> None:
     with pytest.raises(ValueError, match=r"data.pack.label_map: 255 -> 4"):
         ReadOptions(num_classes=4, clip_frames=4, label_map=((255, 4),))
@@ -212,6 +242,13 @@ def corrupt(folder: Path, problem: str) -> str:
             (folder / "frames" / f"{t:06d}.png").unlink()
             (folder / "labels" / f"{t:06d}.png").unlink()
         return "bad/frames: 3 frames, fewer than one clip"
+    if problem == "cityscapes gap":  # every frame's name ends in the 8 of leftImg8bit
+        for sub, suffix in (("frames", "leftImg8bit"), ("labels", "gtFine_labelIds")):
+            for path in sorted((folder / sub).iterdir()):
+                path.rename(path.with_name(f"stuttgart_00_000000_{path.stem}_{suffix}.png"))
+        (folder / "labels" / "stuttgart_00_000000_000003_gtFine_labelIds.png").unlink()
+        return ("bad/labels: 5 label maps but 6 frames in bad/frames: frame "
+                "stuttgart_00_000000_000003_leftImg8bit.png has no partner numbered 3")
     if problem == "stray file":
         (folder / "frames" / "notes.txt").write_text("x")
         return "bad/frames/notes.txt: not a PNG/JPG/JPEG file"
@@ -232,7 +269,7 @@ def corrupt(folder: Path, problem: str) -> str:
     raise AssertionError(problem)
 
 
-@pytest.mark.parametrize("problem", ["count", "gap", "extra", "label size", "frame size", "truncated",
+@pytest.mark.parametrize("problem", ["count", "gap", "cityscapes gap", "extra", "label size", "frame size", "truncated",
                                      "not an image", "class", "short", "stray file", "no labels",
                                      "frames and video", "bad video"])
 def test_bad_input_names_the_file(tmp_path: Path, problem: str) -> None:
