@@ -114,13 +114,13 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from cluster.generate import generate
+    from cluster.generate import LabelInputError, generate
     os.environ["MLFLOW_TRACKING_URI"] = _tracking_uri(args)  # where models:/ URIs resolve
     size = None
-    if args.height or args.width:
-        if not (args.height and args.width):
-            raise ValueError("--height and --width go together")
-        size = (args.height, args.width)
+    if args.height is not None or args.width is not None:
+        if args.height is None or args.width is None:
+            raise LabelInputError("--height and --width go together")
+        size = (args.height, args.width)  # generate() refuses what the model cannot take
     out = generate(args.model, args.labels, args.out, side_by_side=args.side_by_side, size=size, key=args.key,
                    fps=args.fps, device=args.device)
     print(f"wrote {out}")

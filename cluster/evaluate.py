@@ -102,14 +102,12 @@ def _data_for(cfg: Config, net: VideoGenerator) -> tuple[DataConfig, int, int, i
                              f"(eval.split={other} evaluates the {other} split)")
     if manifest.label_kind != net.label_kind:
         raise EvalInputError(f"{data.shards}: label_kind {manifest.label_kind!r}, the model takes {net.label_kind!r}")
-    channels = dataclasses.replace(net.labels, has_edges=manifest.has_edges).channels  # what the shards give
-    if channels != net.label_channels:
-        raise EvalInputError(f"{data.shards}: shards give {channels} label channels "
-                             f"({'with' if manifest.has_edges else 'no'} instance edges), the model takes "
-                             f"{net.label_channels}")
     if net.label_kind == "classes" and manifest.num_classes > net.num_classes:
         raise EvalInputError(f"{data.shards}: packed with {manifest.num_classes} classes, the model knows "
                              f"{net.num_classes}")
+    if manifest.has_edges != net.labels.has_edges:
+        raise EvalInputError(f"{data.shards}: the shards {'have' if manifest.has_edges else 'have no'} instance "
+                             f"edges, the model was trained {'without' if manifest.has_edges else 'with'} them")
     frames = ecfg.frames or manifest.clip_frames
     if frames > manifest.clip_frames:
         raise EvalInputError(f"eval.frames={frames}: the clips in {data.shards} have {manifest.clip_frames}")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import logging
+
 import cv2
 import numpy as np
 import torch
@@ -31,14 +33,18 @@ from dataio.errors import UserInputError
 from dataio.format import instance_edges
 from dataio.labels import LabelSpec
 from dataio.reader import Sample, read_shard
-from dataio.sources import BadInputError, ReadOptions, natural_key, read_instances, read_label
-from dataio.storage import Destination
+from dataio.sources import BadInputError, ReadOptions, list_images, read_instances, read_label
+from dataio.storage import AtomicFile, Destination
 from dataio.video import decode
 from trainer.samples import Mp4Writer
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
-IMAGE_SUFFIXES = {".png"}
+LOSSLESS_PIXELS = {"gbrp", "rgb24", "bgr24", "rgba", "bgra", "argb", "abgr", "gray", "pal8", "yuv444p"}
+"""Pixel formats in which a label video can hold class ids exactly (lossless VP9 and FFV1 use these;
+``yuv444p`` only with a lossless codec setting). A 4:2:0 or 4:2:2 stream cannot."""
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+log = logging.getLogger(__name__)
 
 
 class LabelInputError(UserInputError, ValueError):
@@ -77,23 +83,23 @@ def open_labels(path: str | Path, labels: LabelSpec, key: str | None = None) -> 
 
 def _from_folder(folder: Path, labels: LabelSpec) -> LabelSource:
     labels_dir = folder / "labels" if (folder / "labels").is_dir() else folder
-    files = sorted((p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: natural_key(p.name))
-    if not files:
-        raise LabelInputError(f"labels {labels_dir}: no PNG label maps in the folder")
-    instances: list[Path] = []
+    files = _label_images(labels_dir)
+    instances: tuple[Path, ...] = ()
     if labels_dir != folder and (folder / "instances").is_dir() and labels.has_edges:
-        instances = sorted((p for p in (folder / "instances").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                           key=lambda p: natural_key(p.name))
+        instances = _label_images(folder / "instances")
         if len(instances) != len(files):
             raise LabelInputError(f"labels {folder / 'instances'}: {len(instances)} instance maps for "
                                   f"{len(files)} label maps")
+    if labels.has_edges and not instances:
+        _without_edges(str(labels_dir))
     try:
         width, height = Image.open(files[0]).size  # the header only
     except OSError as err:
         raise LabelInputError(f"labels {files[0]}: unreadable image: {err}") from None
+    remapped = f" and remaps stored values {dict(labels.label_map)}" if labels.label_map else ""
     opts = ReadOptions(num_classes=labels.num_classes, clip_frames=1, label_kind=labels.kind,
-                       label_map=labels.label_map)
+                       label_map=labels.label_map,
+                       remedy=f"the model knows {labels.num_classes} classes{remapped}: give maps of those")
     lookup = opts.lookup() if opts.label_map else None
 
     def read() -> Iterator[LabelFrame]:
@@ -110,11 +116,30 @@ def _from_folder(folder: Path, labels: LabelSpec) -> LabelSource:
     return LabelSource(str(labels_dir), height, width, len(files), read)
 
 
+def _label_images(folder: Path) -> tuple[Path, ...]:
+    try:
+        return list_images(folder, (".png",))
+    except BadInputError as err:
+        raise LabelInputError(f"labels {err}") from None
+
+
+def _without_edges(source: str) -> None:
+    log.warning("labels %s: the model was trained with instance edges, and no instance maps come with these "
+                "labels: its edge channel is left empty (give the sequence folder holding labels/ and "
+                "instances/)", source)
+
+
 def _from_video(path: Path, labels: LabelSpec) -> LabelSource:
     try:
         info = video.probe(path)
     except video.VideoError as err:
         raise LabelInputError(f"labels {err}") from None
+    if labels.kind == "classes" and info["pix_fmt"] and info["pix_fmt"] not in LOSSLESS_PIXELS:
+        log.warning("labels %s: %s in %s is most often lossy, which reads some class ids as other classes: "
+                    "if the output looks wrong, give the label maps as PNG files or a lossless video (FFV1, "
+                    "or VP9 -lossless 1 in gbrp)", path, info["codec"], info["pix_fmt"])
+    if labels.has_edges:
+        _without_edges(str(path))
 
     def read() -> Iterator[LabelFrame]:
         for frame in video.iter_frames(path):
@@ -196,6 +221,9 @@ def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_sid
              device: str = "auto", progress: bool = True) -> Path:
     """Write ``out`` (mp4): the generated video, or labels | generated with ``side_by_side``.
     ``model_uri``: an MLflow model URI or a local checkpoint (``cluster.registry.load_video_model``)."""
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise LabelInputError(f"--out {out}: the video is written as an .mp4 file")
     steady_heap()
     device = pick_device(device)
     model = load_video_model(model_uri, device)
@@ -207,9 +235,9 @@ def generate(model_uri: str, labels: str | Path, out: str | Path, *, side_by_sid
         for planes, ids in encoded_frames(source, model.labels, target):
             shown[:] = [ids]
             yield torch.from_numpy(planes).unsqueeze(0)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Mp4Writer(out, fps) as writer:
+    # Written under a temporary name: a failure part way (a bad label map at frame 400) leaves no
+    # shorter video that plays as if it were the whole one.
+    with AtomicFile(out) as partial, Mp4Writer(partial, fps) as writer:
         for image in tqdm(model.stream(inputs()), total=source.frames, unit="frame", desc="generate",
                           disable=not progress):
             frame = to_uint8(image)[0].cpu().numpy()

@@ -76,6 +76,8 @@ class ReadOptions:
     """(stored value, class id) pairs."""
     resize: tuple[int, int] | None = None
     """(height, width), or None to keep each sequence's size (odd trailing row/column cropped)."""
+    remedy: str = "remap them with data.pack.label_map"
+    """What a label value that is no class asks of the user (generating: the model's classes are fixed)."""
 
     def __post_init__(self) -> None:
         for stored, class_id in self.label_map:
@@ -372,8 +374,7 @@ def _class_problem(path: Path, image: Image.Image, classes: np.ndarray, opts: Re
     y, x = np.argwhere(bad)[0]
     found = np.unique(stored[bad])
     return (f"label value {stored[y, x]} at x={x}, y={y} is not a class below data.num_classes="
-            f"{opts.num_classes} (offending stored values: {', '.join(map(str, found[:10]))}); "
-            "remap them with data.pack.label_map")
+            f"{opts.num_classes} (offending stored values: {', '.join(map(str, found[:10]))}); {opts.remedy}")
 
 
 def read_instances(path: Path) -> np.ndarray:

@@ -46,6 +46,14 @@ def test_config_error_is_one_line_with_exit_2(capsys: pytest.CaptureFixture) -> 
     assert "data.loader.batch_size" in err and "Traceback" not in err
 
 
+def test_generate_size_flags_are_checked_in_one_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    common = ["generate", "--model", str(tmp_path / "none"), "--labels", str(tmp_path), "--out"]
+    assert main([*common, str(tmp_path / "a.mp4"), "--height", "64"]) == 1
+    assert capsys.readouterr().err.strip() == "vid2vid: --height and --width go together"
+    assert main([*common, str(tmp_path / "a.txt")]) == 1  # before a model is looked for
+    assert capsys.readouterr().err.strip() == f"vid2vid: --out {tmp_path / 'a.txt'}: the video is written as an .mp4 file"
+
+
 def test_overrides_may_follow_options(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     # Reaches the manifest reader (a one-line error, exit 1), so the override after --wait was accepted.
     assert main(["submit", str(tmp_path / "missing.yaml"), "--wait", "train.epochs=1"]) == 1

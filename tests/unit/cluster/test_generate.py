@@ -71,7 +71,9 @@ def test_raw_maps_are_read_with_the_packing_label_map(tmp_path: Path) -> None:
     Image.fromarray(mask).save(tmp_path / "masks" / "00000.png")
     tensor, ids = inputs(tmp_path / "masks", LabelSpec(2, label_map=((255, 1),)), divisor=8)
     assert tensor.shape == (1, 1, 2, 16, 24) and np.array_equal(ids[0], mask // 255)
-    with pytest.raises(LabelInputError, match=r"masks/00000.png: label value 255 .* data.pack.label_map"):
+    # The model's classes and map are fixed: no config key to point a user at here.
+    with pytest.raises(LabelInputError, match=r"masks/00000.png: label value 255 .*; the model knows 2 classes: "
+                                              r"give maps of those$"):
         inputs(tmp_path / "masks", LabelSpec(2), divisor=8)
 
 
@@ -107,6 +109,9 @@ def test_bad_labels_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(LabelInputError, match="expected a folder"):
         open_labels(tmp_path / "notes.txt", SPEC)
+    with pytest.raises(LabelInputError, match=r"notes.txt: not a PNG file"):  # as packing refuses it
+        open_labels(tmp_path, SPEC)
+    (tmp_path / "notes.txt").unlink()
     with pytest.raises(LabelInputError, match=r"64x32 is smaller than the 128 px"):
         output_size(open_labels(tmp_path, SPEC), 128, None)
 
@@ -118,6 +123,43 @@ def test_generate_streams_to_an_mp4(model: VideoGenerator, tmp_path: Path, monke
     out = generate("any", sequence(tmp_path, frames=5), tmp_path / "out.mp4", side_by_side=True, progress=False)
     video = decode(out)
     assert video.shape == (5, 32, 128, 3)  # labels | generated
+
+
+def test_what_systems_leave_in_a_folder_is_not_a_label_map(tmp_path: Path) -> None:
+    folder = sequence(tmp_path)
+    (folder / "labels" / "._000000.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's resource fork
+    (folder / "labels" / "Thumbs.db").write_bytes(b"x")
+    (folder / "instances" / ".DS_Store").write_bytes(b"x")
+    assert inputs(folder)[0].shape == (1, 3, 9, 32, 64)
+
+
+def test_labels_without_the_models_instance_maps_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from trainer.samples import Mp4Writer
+    folder = sequence(tmp_path)
+    inputs(folder)
+    assert not caplog.records
+    inputs(folder / "labels")  # the maps without the sequence folder's instances/
+    assert "no instance maps come with these labels" in caplog.text
+    caplog.clear()
+    # A label video as most tools write one (H.264, 4:2:0): lossy, so some ids come back as others.
+    with Mp4Writer(tmp_path / "labels.mp4") as writer:
+        for t in range(2):
+            writer.write(np.repeat(np.full((32, 64, 1), t, np.uint8), 3, axis=2))
+    inputs(tmp_path / "labels.mp4", LabelSpec(8))
+    assert "h264 in yuv420p is most often lossy" in caplog.text
+
+
+def test_a_failed_generate_leaves_no_video(model: VideoGenerator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cluster.generate
+    monkeypatch.setattr(cluster.generate, "load_video_model", lambda uri, device: model)
+    folder = sequence(tmp_path, frames=5)
+    Image.fromarray(np.full((32, 64), 9, np.uint8)).save(folder / "labels" / "000003.png")
+    with pytest.raises(LabelInputError, match="000003.png: label value 9"):
+        generate("any", folder, tmp_path / "out" / "video.mp4", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []  # no three-frame video that plays as the whole one
+    monkeypatch.setattr(cluster.generate, "load_video_model", lambda uri, device: pytest.fail("loaded"))
+    with pytest.raises(LabelInputError, match=r"--out .*video.avi: the video is written as an .mp4 file"):
+        generate("any", folder, tmp_path / "video.avi", progress=False)
 
 
 def test_model_uris_of_any_scheme_go_to_mlflow(model: VideoGenerator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,15 +13,15 @@ from dataio.reader import ShardsMismatchError, planned
 from dataio.storage import Destination
 
 
-def shards_of(folder: Path, *, frames: int = 4, classes: int = 8, train: int = 4,
+def shards_of(folder: Path, *, frames: int = 4, classes: int = 8, train: int = 4, train_edges: bool = True,
               val_edges: bool = False) -> str:
-    """A manifest of ``train`` clips with instance edges and two held-out clips (with or without them)."""
+    """A manifest of ``train`` clips and two held-out clips, each split with or without instance edges."""
     def row(split: str, index: int, edges: bool) -> ManifestRow:
         return ManifestRow(shard=f"{split}-000000.tar", key=f"s{index}_000000", sequence=f"s{index}", start_frame=0,
                            frames=frames, height=32, width=64, classes=classes, bytes=1, split=split,
                            has_edges=edges)
 
-    rows = [row("train", i, True) for i in range(train)] + [row("val", 100 + i, val_edges) for i in range(2)]
+    rows = [row("train", i, train_edges) for i in range(train)] + [row("val", 100 + i, val_edges) for i in range(2)]
     folder.mkdir(parents=True)
     write_manifest(Manifest(rows, num_classes=classes, clip_frames=frames), Destination(str(folder)))
     return str(folder)
