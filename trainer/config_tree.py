@@ -53,6 +53,10 @@ def apply_override(raw: dict, item: str) -> str:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from err
+    if _has_key_without_value(value):
+        # YAML reads {255:1} as one key, 255:1 (a base-60 number, 15301), with no value.
+        raise ConfigError(f"override '{item}': a mapping key without a value; write a space after each ':' "
+                          "(as in {255: 1})")
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -62,6 +66,12 @@ def apply_override(raw: dict, item: str) -> str:
         node = child
     node[parts[-1]] = value
     return key
+
+
+def _has_key_without_value(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(v is None or _has_key_without_value(v) for v in value.values())
+    return isinstance(value, list) and any(_has_key_without_value(v) for v in value)
 
 
 @dataclasses.dataclass
