@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
-
-import logging
 
 import cv2
 import numpy as np
