@@ -27,6 +27,7 @@ from cluster.worker import train_loop
 from dataio.errors import UnusableLocationError, UserInputError
 from dataio.reader import planned
 from dataio.storage import check_location
+from trainer import validation
 from trainer.checkpoint import space_shortage
 from trainer.config import EVAL_METRICS
 from trainer.config_tree import to_dict
@@ -129,6 +130,8 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
             raise NotReadyError(f"checkpoint.dir: {shortage}")
     # Clips as long as the schedule's longest, the classes, a full batch per worker.
     shards, _ = planned(cfg.data, "train", cfg.train.schedule.max_frames, cfg.cluster.num_workers)
+    if validation.enabled(cfg):
+        validation.check_held_out(cfg)
     if len(shards) < cfg.cluster.num_workers:
         raise NotReadyError(f"data.shards {cfg.data.shards}: {len(shards)} train shard(s) cannot feed "
                          f"cluster.num_workers={cfg.cluster.num_workers} workers; pack with fewer "

@@ -15,6 +15,7 @@ A shard is read front to back in one sequential stream (on S3, s3fs fetches it i
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import re
@@ -73,8 +74,8 @@ class Layout:
     """The smallest stored frame size among the split's clips (NVDEC has a minimum)."""
     min_frames: int
     """The shortest clip of the split."""
-    clips: int | None
-    """The split's clips (None without a manifest)."""
+    shard_clips: tuple[int, ...] | None
+    """The clips of each of the split's shards, fewest first (None without a manifest)."""
 
 
 def manifest_or_none(url: str) -> Manifest | None:
@@ -102,9 +103,10 @@ def layout(url: str, split: str, shards: list[str], manifest: Manifest | None = 
     """The split's label layout, from the manifest when there is one, else from its first sample."""
     if manifest is not None:
         rows = [row for row in manifest.rows if row.split == split]
+        per_shard = collections.Counter(row.shard for row in rows)
         return Layout(manifest.label_kind, manifest.has_edges, manifest.num_classes,
                       min(row.height for row in rows), min(row.width for row in rows),
-                      min(row.frames for row in rows), len(rows))
+                      min(row.frames for row in rows), tuple(sorted(per_shard.values())))
     meta = first_sample(url, shards).meta
     return Layout(meta.label_kind, meta.has_edges, meta.num_classes, meta.height, meta.width, meta.frames, None)
 
@@ -128,11 +130,17 @@ def planned(cfg: DataConfig, split: str, frames: int, world_size: int = 1) -> tu
         raise ShardsMismatchError(f"{where}: its {split} clips hold {shape.min_frames} frames, {frames} are asked "
                                   f"(train.schedule.max_frames, eval.frames or data.clip_frames): pack them again "
                                   f"with data.clip_frames={frames}, or ask for fewer")
-    batch = cfg.loader.batch_size
-    if split == "train" and shape.clips is not None and shape.clips < batch * world_size:
-        raise ShardsMismatchError(f"{where}: {shape.clips} train clip(s) cannot give {world_size} rank(s) a "
-                                  f"batch of data.loader.batch_size={batch} each (an epoch keeps full batches "
-                                  "only): lower the batch size, or pack more clips (data.pack.clip_stride)")
+    # A rank reads whole shards, every world_size-th of a shuffled list: the fewest clips it can get are
+    # those of the smallest shards, as many as the rank with the fewest shards takes.
+    batch, taken = cfg.loader.batch_size, len(shards) // world_size
+    if split == "train" and shape.shard_clips is not None and taken:
+        fewest = sum(shape.shard_clips[:taken])
+        if fewest < batch:
+            raise ShardsMismatchError(
+                f"{where}: a rank may get {fewest} train clip(s) (ranks read whole shards: {taken} of the "
+                f"{len(shards)} for each of {world_size}), fewer than a batch of data.loader.batch_size={batch} "
+                "(an epoch keeps full batches only): lower the batch size, or pack more clips "
+                "(data.pack.clip_stride, data.pack.clips_per_shard)")
     return shards, shape
 
 

@@ -75,7 +75,8 @@ class TrainConfig:
     width: int = 256
     epochs: int = 20
     decay_epochs: int = 0
-    """The learning rate stays constant, then decays linearly to 0 over the last `decay_epochs` epochs."""
+    """The learning rate stays constant, then decays linearly over the last `decay_epochs` epochs (towards 0,
+    which no epoch reaches: ``trainer.schedule.lr_factor``)."""
     steps_per_epoch: int = 0
     """Batches per epoch; 0 reads the loader's whole epoch. Must be set when ranks see uneven shards."""
     frames_per_step: int = 2

@@ -20,6 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from dataio.errors import UserInputError
 from trainer.config import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,18 @@ def prepare_store(cfg: TrackingConfig) -> str:
     configure_client()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=cfg.uri)
-    found = client.get_experiment_by_name(cfg.experiment)
-    return found.experiment_id if found else client.create_experiment(
-        cfg.experiment, artifact_location=cfg.artifact_location or None)
+    try:
+        client = MlflowClient(tracking_uri=cfg.uri)
+        found = client.get_experiment_by_name(cfg.experiment)
+        return found.experiment_id if found else client.create_experiment(
+            cfg.experiment, artifact_location=cfg.artifact_location or None)
+    except Exception as err:  # noqa: BLE001 - whatever the store's client raises, said in one line with the key
+        raise TrackingStoreError(f"tracking.uri={redact('uri', cfg.uri)}: cannot use the tracking store: "
+                                 f"{brief(err)}") from None
+
+
+class TrackingStoreError(UserInputError, RuntimeError):
+    """The tracking store cannot be reached or written, found before any worker starts."""
 
 
 class NullTracker:

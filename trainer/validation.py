@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from dataio.errors import UserInputError
 from models.generator import Generator, generate_clip
 from trainer import distributed as dist
 from trainer.average import WeightAverage
@@ -37,22 +38,38 @@ log = logging.getLogger(__name__)
 CURVE_FILE = "eval.jsonl"
 
 
+class NoHeldOutError(UserInputError, ValueError):
+    """Held-out scores are asked for and the shards have no clips to score."""
+
+
+def enabled(cfg: Config) -> bool:
+    """Whether the run scores held-out clips while it trains."""
+    return bool(cfg.eval.every_steps or cfg.eval.every_s or cfg.eval.at_checkpoint)
+
+
+def check_held_out(cfg: Config) -> None:
+    """The ``eval.split`` clips exist and fit what scoring asks of them (``dataio.reader.planned``):
+    asked before training (and by ``vid2vid train`` before any worker starts)."""
+    from dataio import reader
+    try:
+        reader.planned(cfg.data, cfg.eval.split, cfg.eval.frames or cfg.data.clip_frames)
+    except FileNotFoundError as err:
+        raise NoHeldOutError(f"eval: {err} (eval.split={cfg.eval.split}; held-out scores are on: "
+                             "eval.every_steps, eval.every_s or eval.at_checkpoint)") from None
+
+
 class Validation:
     """Decides when to score the held-out clips, scores them and reports the scores."""
 
     def __init__(self, cfg: Config, budget: TimeBudget, average: WeightAverage) -> None:
         self.cfg, self.budget, self.average = cfg, budget, average
-        self.enabled = bool(cfg.eval.every_steps or cfg.eval.every_s or cfg.eval.at_checkpoint)
+        self.enabled = enabled(cfg)
         self.path = Path(cfg.checkpoint.dir) / CURVE_FILE
         self._next_s = cfg.eval.every_s
         self._loader: Any = None
         self._loader_shape: tuple[int, int, int] | None = None
         if self.enabled and dist.is_main():
-            from dataio import reader
-            try:  # now, not after the first stretch of training
-                reader.list_shards(cfg.data.shards, cfg.eval.split, reader.manifest_or_none(cfg.data.shards))
-            except FileNotFoundError as err:
-                raise ValueError(f"eval: {err} (eval.split={cfg.eval.split})") from None
+            check_held_out(cfg)  # now, not after the first stretch of training
 
     def after_batch(self, generator: Generator, stage: Stage, step: int, steps_in_batch: int,
                     tracker: Any) -> dict[str, float] | None:

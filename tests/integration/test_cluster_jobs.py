@@ -117,6 +117,8 @@ def test_training_job_succeeds(head: dict, shards: Path, tmp_path: Path) -> None
     assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout
     logs = vid2vid(head, "jobs", "logs", job_id, "--address", head["address"])
     assert "run 'job-run' done: epoch 1, step 1" in logs.stdout, logs.stdout[-3000:]
+    followed = vid2vid(head, "jobs", "logs", job_id, "--follow", "--address", head["address"], timeout=120)
+    assert followed.returncode == 0 and "run 'job-run' done: epoch 1, step 1" in followed.stdout  # ends with the job
     assert list((tmp_path / "storage" / "job-run").glob("step-000000001_*"))  # reported to the cluster's Ray
     listed = vid2vid(head, "jobs", "list", "--address", head["address"])
     assert any(line.startswith(job_id) and "SUCCEEDED" in line for line in listed.stdout.splitlines())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from live_servers import embedded_ray_env, synth_and_pack
+from live_servers import embedded_ray_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "sweep_demo.yaml"
@@ -29,14 +29,22 @@ GRID = "sweep.search={train.generator.lr: {grid: [1.0e-3, 3.0e-4, 1.0e-8, 1.0e-9
 
 
 def sweep_command(work: Path, *overrides: str) -> list[str]:
-    return [str(BIN / "vid2vid"), "sweep", "--config", str(CONFIG), f"data.shards={work}/shards",
+    return [str(BIN / "vid2vid"), "sweep", "--config", str(CONFIG), f"data.shards={work}/data/sweep/shards",
             f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"cluster.storage_path={work}/runs",
             f"cluster.temp_dir={work}/ray", f"checkpoint.dir={work}/checkpoints", *overrides]
 
 
 def workdir() -> Path:
-    # Short: Ray's sockets live under it.
-    return synth_and_pack(CONFIG, Path(tempfile.mkdtemp(prefix="v2vsweep-", dir="/tmp")))
+    """The README's data commands for the sweep, as written, in a fresh folder (short: Ray's sockets live
+    under it)."""
+    work = Path(tempfile.mkdtemp(prefix="v2vsweep-", dir="/tmp"))
+    (work / "configs").symlink_to(REPO / "configs")
+    (work / ".venv").symlink_to(BIN.parent)
+    subprocess.run(["bash", "-c", ".venv/bin/vid2vid data synth --config configs/sweep_demo.yaml && "
+                    ".venv/bin/vid2vid data pack --config configs/sweep_demo.yaml"],
+                   cwd=work, check=True, capture_output=True, timeout=300)
+    assert (work / "data" / "sweep" / "shards" / "manifest.parquet").is_file()
+    return work
 
 
 @pytest.fixture(scope="module")

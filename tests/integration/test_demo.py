@@ -1,6 +1,7 @@
 """`make demo` as the README shows it, in a fresh folder (the Makefile, configs and the set-up .venv
 linked in): the whole system end to end on 2 embedded Ray workers, then `make demo` again, which
-resumes the same run instead of training again. A successful demo prints no traceback."""
+resumes the same run instead of training again, as does the README's `vid2vid train --config
+configs/demo.yaml`. A successful demo prints no traceback."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,12 @@ def test_make_demo_then_again_resumes(tmp_path: Path) -> None:
     resumed = re.search(r"epoch (\d+), step (\d+), MLflow run (\w+)", again.stdout)
     assert resumed and resumed.groups() == trained.groups()  # same run, nothing trained again
     assert not re.search(r"epoch \d+ done:", again.stdout) and "version 2" in again.stdout
+
+    # The README's training command, as written, on the demo's config: the same run, resumed, done.
+    train = subprocess.run([str(tmp_path / ".venv" / "bin" / "vid2vid"), "train", "--config", "configs/demo.yaml"],
+                           cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+                           timeout=600)
+    assert train.returncode == 0, (train.stdout + train.stderr)[-6000:]
+    epoch, step, run_id = trained.groups()
+    assert f"run 'demo' done: epoch {epoch}, step {step}" in train.stdout and f"mlflow run:  {run_id}" in train.stdout
+    assert not re.search(r"epoch \d+ done:", train.stdout)

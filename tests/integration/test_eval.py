@@ -136,17 +136,31 @@ def test_eval_a_checkpoint(trained: dict, tmp_path: Path) -> None:
 
 
 def test_eval_reads_shards_from_s3(trained: dict, tmp_path: Path, s3_bucket: str) -> None:
-    """The same clips from a real S3 endpoint (moto server, through s3fs) score exactly the same."""
+    """The same clips from a real S3 endpoint (moto server, through s3fs) score exactly the same; from S3
+    as the README's second command has it: a checkpoint, --run, the feature networks."""
+    from mlflow.tracking import MlflowClient
+
     from dataio.storage import s3_filesystem
     s3_filesystem().put(str(trained["shards"]) + "/", f"{s3_bucket}/shards/", recursive=True)
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(_ImageFeatures()), tmp_path / "inception.pt")
+    torch.jit.save(torch.jit.script(_ClipFeatures()), tmp_path / "i3d.pt")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking)
+    run_id = client.create_run(client.create_experiment("evals")).info.run_id
+    as_the_readme = ["--run", run_id, "--tracking-uri", tracking, f"eval.inception={tmp_path / 'inception.pt'}",
+                     f"eval.i3d={tmp_path / 'i3d.pt'}"]
     reports = {}
-    for name, data in (("local", str(trained["shards"])), ("s3", f"s3://{s3_bucket}/shards")):
+    for name, data, extra in (("local", str(trained["shards"]), []),
+                              ("s3", f"s3://{s3_bucket}/shards", as_the_readme)):
         proc = cli("eval", "--model", str(trained["ckpt"]), f"data.shards={data}", "--out", str(tmp_path / f"{name}.json"),
-                   "eval.max_clips=2", cwd=tmp_path)
+                   "eval.max_clips=2", "eval.frames=3", *extra, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-4000:]
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert reports["s3"]["info"]["data"] == f"s3://{s3_bucket}/shards" and len(reports["s3"]["clips"]) == 2
     assert reports["s3"]["clips"] == reports["local"]["clips"]
+    logged = client.get_run(run_id).data.metrics
+    assert logged["eval/psnr"] == pytest.approx(reports["s3"]["psnr"]) and logged["eval/fvd"] > 0
 
 
 class _ImageFeatures(nn.Module):

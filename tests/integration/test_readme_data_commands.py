@@ -1,5 +1,5 @@
 """The README's data commands, run as written (the installed `vid2vid` script, `configs/demo.yaml`, in a
-fresh working folder): synth, pack, inspect; and pack with --source/--dest/--skip-bad to S3."""
+fresh working folder): synth, pack, inspect; and pack from a source folder to S3, skipping a bad sequence."""
 from __future__ import annotations
 
 import json

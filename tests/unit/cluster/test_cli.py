@@ -35,9 +35,11 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture) -> None:
 def test_config_show_prints_resolved_config() -> None:
     # Through the installed console script: what a user runs.
     exe = Path(sys.executable).with_name("vid2vid")
-    out = subprocess.run([str(exe), "config", "show", "configs/demo.yaml", "data.clip_frames=8"],
+    out = subprocess.run([str(exe), "config", "show", "configs/demo.yaml", "data.clip_frames=8",
+                          "train.generator.lr=1e-4"],  # as the README shows it
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "clip_frames: 8" in out and "shards: data/demo/shards" in out
+    assert "lr: 0.0001" in out.split("generator:")[2]  # train.generator, after model.generator
 
 
 def test_config_error_is_one_line_with_exit_2(capsys: pytest.CaptureFixture) -> None:

@@ -68,6 +68,13 @@ def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match=r"shards: its train clips hold 4 frames, 8 are asked"):
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
     shutil.rmtree(tmp_path / "data")
+    # Held-out scores asked of shards without held-out clips: here, not in each worker (retried).
+    shards_of(tmp_path / "data" / "demo" / "shards", frames=16, val=0)  # one shard: one worker
+    one = [*base, "cluster.num_workers=1"]
+    check_ready(resolve(load(REPO / "configs" / "demo.yaml", one), True))
+    with pytest.raises(ValueError, match=r"^eval: no val shards under .*shards \(eval.split=val; held-out scores "):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*one, "eval.every_steps=2"]), True))
+    shutil.rmtree(tmp_path / "data")
     # A resumed run on a disk that cannot take its next checkpoint (about the size of its latest).
     from trainer import checkpoint
     folder = resolve(load(REPO / "configs" / "demo.yaml", base), True).checkpoint.dir
@@ -77,6 +84,19 @@ def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match=r"^checkpoint\.dir: no space left on .*checkpoints/demo: 0 MB free, "
                                          r"a checkpoint needs about 2 MB$"):
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", base), True))
+
+
+def test_a_tracking_store_that_cannot_be_used_is_named_in_one_line(tmp_path: Path) -> None:
+    from dataio.errors import UserInputError
+    from trainer.config import TrackingConfig
+    from trainer.tracking import prepare_store
+    for uri, why in (("http://bob:hunter2@127.0.0.1:9", "MlflowException"), (f"sqlite:///{tmp_path}/a-file/mlflow.db", "")):
+        (tmp_path / "a-file").write_text("x")
+        with pytest.raises(UserInputError) as refused:  # was a traceback of 40-109 lines
+            prepare_store(TrackingConfig(uri=uri))
+        message = str(refused.value)
+        assert message.startswith(f"tracking.uri={uri.replace('hunter2', '***')}: cannot use the tracking store: {why}")
+        assert "\n" not in message and "hunter2" not in message
 
 
 def test_s3_locations_that_cannot_be_used_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
