@@ -28,7 +28,7 @@ from dataio.errors import UnusableLocationError, UserInputError
 from dataio.reader import planned
 from dataio.storage import check_location
 from trainer import validation
-from trainer.checkpoint import space_shortage
+from trainer.checkpoint import check_resumable, latest_checkpoint, space_shortage
 from trainer.config import EVAL_METRICS
 from trainer.config_tree import to_dict
 from trainer.export import export_path
@@ -110,7 +110,8 @@ def resolve(cfg: RootConfig, embedded: bool) -> RootConfig:
 def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
     """What would otherwise fail inside every worker, late and retried: more workers than an embedded
     Ray has CPUs, a location that cannot be read or written, a checkpoint folder whose disk cannot
-    take the next checkpoint, shards missing, too few to split, or unlike what the config asks of them."""
+    take the next checkpoint, a checkpoint to resume that holds other networks, shards missing, too few to
+    split, or unlike what the config asks of them."""
     cluster = cfg.cluster
     if embedded:
         cpus = cluster.num_cpus or os.cpu_count() or 1
@@ -128,6 +129,9 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
         shortage = space_shortage(cfg.checkpoint.dir)
         if shortage:
             raise NotReadyError(f"checkpoint.dir: {shortage}")
+        resumed = latest_checkpoint(cfg.checkpoint.dir)
+        if resumed is not None:  # the same run name again, with other networks?
+            check_resumable(resumed, to_dict(cfg))
     # Clips as long as the schedule's longest, the classes, a full batch per worker.
     shards, _ = planned(cfg.data, "train", cfg.train.schedule.max_frames, cfg.cluster.num_workers)
     if validation.enabled(cfg):

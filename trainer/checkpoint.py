@@ -66,6 +66,15 @@ class CheckpointSpaceError(UserInputError, OSError):
     """The checkpoint folder's file system cannot hold another checkpoint: retrying cannot help."""
 
 
+class OtherNetworksError(UserInputError, ValueError):
+    """The checkpoint a run would resume from holds other networks than its config describes."""
+
+
+NETWORK_SECTIONS = ("model.generator", "model.discriminator")
+"""What a resumed run must share with its checkpoint (shapes of the saved weights); losses, learning
+rates and schedule may change."""
+
+
 @dataclass
 class Progress:
     """The trainer state a checkpoint carries (besides the engines, the stage and RNG)."""
@@ -340,6 +349,27 @@ def best_checkpoint(root: str | Path, metric: str) -> tuple[Path, dict[str, floa
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:
     """Rank 0's trainer state; loads with ``weights_only=True`` (no code runs from the file)."""
     return torch.load(Path(folder) / TRAINER_FILE, map_location="cpu", weights_only=True)
+
+
+def check_resumable(folder: str | Path, config: dict[str, Any]) -> None:
+    """Refuse to resume ``folder`` under ``config`` (a config tree as a dict) when a setting of the
+    networks differs: the weights would not load, after the workers started (and, under Ray, restarted).
+    Settings the checkpoint's config lacks (added since) are not compared."""
+    saved = load_trainer_state(folder).get("config", {})
+    for section in NETWORK_SECTIONS:
+        old, new = _section(saved, section), _section(config, section)
+        for key in sorted(old.keys() & new.keys()):
+            if old[key] != new[key]:
+                raise OtherNetworksError(
+                    f"{folder} was trained with {section}.{key}={old[key]!r}, the config says {new[key]!r}: "
+                    "resume it with the same networks, or start another run (another cluster.name, or "
+                    "checkpoint.dir under plain torchrun)")
+
+
+def _section(tree: dict[str, Any], dotted: str) -> dict[str, Any]:
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree
 
 
 def restore_rng(folder: str | Path) -> None:

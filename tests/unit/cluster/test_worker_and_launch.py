@@ -75,10 +75,17 @@ def test_refused_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match=r"^eval: no val shards under .*shards \(eval.split=val; held-out scores "):
         check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*one, "eval.every_steps=2"]), True))
     shutil.rmtree(tmp_path / "data")
-    # A resumed run on a disk that cannot take its next checkpoint (about the size of its latest).
+    # The same run name again with other networks: the saved weights would not load, in any worker.
     from trainer import checkpoint
-    folder = resolve(load(REPO / "configs" / "demo.yaml", base), True).checkpoint.dir
-    checkpoint.save(folder, 4, {"step": 4}, lambda f: (f / "engine.bin").write_bytes(b"x" * 2**20), keep=1)
+    from trainer.config_tree import to_dict
+    resolved = resolve(load(REPO / "configs" / "demo.yaml", base), True)
+    folder = resolved.checkpoint.dir
+    checkpoint.save(folder, 4, {"step": 4, "config": to_dict(resolved)},
+                    lambda f: (f / "engine.bin").write_bytes(b"x" * 2**20), keep=1)
+    with pytest.raises(ValueError, match=r"checkpoints/demo/step-000000004 was trained with "
+                                         r"model.generator.ngf=16, the config says 32"):
+        check_ready(resolve(load(REPO / "configs" / "demo.yaml", [*base, "model.generator.ngf=32"]), True))
+    # A resumed run on a disk that cannot take its next checkpoint (about the size of its latest).
     real = checkpoint.shutil.disk_usage
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=2**19))
     with pytest.raises(ValueError, match=r"^checkpoint\.dir: no space left on .*checkpoints/demo: 0 MB free, "

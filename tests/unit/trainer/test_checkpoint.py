@@ -32,6 +32,21 @@ def test_save_keeps_last_k_and_points_latest(tmp_path: Path) -> None:
     assert state == {"step": 40, "config": {"a": [1, 2]}}
 
 
+def test_resuming_with_other_networks_is_refused_by_name(tmp_path: Path) -> None:
+    from trainer.config import Config
+    from trainer.config_tree import to_dict
+    config = to_dict(Config())
+    folder = checkpoint.save(tmp_path, 10, {"config": config}, write_engines, keep=1)
+    changed = to_dict(Config())
+    changed["train"]["generator"]["lr"] = 1e-4  # not the networks: resumes
+    del changed["model"]["generator"]["first_frame"]  # a setting the checkpoint's config has and this lacks
+    checkpoint.check_resumable(folder, changed)
+    changed["model"]["generator"]["ngf"] = 32
+    with pytest.raises(checkpoint.OtherNetworksError, match=r"step-000000010 was trained with "
+                                                           r"model.generator.ngf=16, the config says 32: resume"):
+        checkpoint.check_resumable(folder, changed)
+
+
 def scored(step: int, psnr: float, at: int | None = None) -> dict:
     """A trainer state whose held-out scores were taken at step ``at`` (its own step by default)."""
     return {"progress": {"step": step, "eval": {"eval/psnr": psnr, "eval/warp_ratio": 10.0 - psnr,
