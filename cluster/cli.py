@@ -355,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserInputError, FileNotFoundError) as err:
         print(f"vid2vid: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stopped:  # Ctrl-C; a training run's says how to resume it
+        print(f"vid2vid: {stopped or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def _show_our_warnings() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -35,6 +36,10 @@ from trainer.export import export_path
 from trainer.tracking import brief, prepare_store, redact
 
 log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; rerunning the same command resumes it from its last checkpoint."""
 
 
 class TrainingFailed(UserInputError, RuntimeError):
@@ -181,6 +186,13 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
         end_unfinished_runs(cfg)
         raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)} "
                              f"(logs: {log_dir(cfg.checkpoint.dir)})") from err
+    except (KeyboardInterrupt, SystemExit, RayActorError):
+        # Ray Train's SIGINT handler aborts the run's controller, then exits the driver with SystemExit
+        # (or the driver's wait for the aborted controller fails): the workers are gone, rank 0's MLflow
+        # run with them, still RUNNING.
+        end_unfinished_runs(cfg, "KILLED")
+        raise TrainingInterrupted(f"training run '{cfg.cluster.name}' interrupted: the same command again resumes "
+                                  f"it from its last checkpoint (logs: {log_dir(cfg.checkpoint.dir)})") from None
     metrics = dict(result.metrics or {})
     export = export_path(cfg.checkpoint.dir)
     return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
@@ -188,9 +200,9 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
                         export=export if export.is_file() else None, checkpoint_dir=Path(cfg.checkpoint.dir))
 
 
-def end_unfinished_runs(cfg: RootConfig) -> None:
-    """Mark FAILED the MLflow run of this training run (``cfg`` resolved: its tag ``checkpoint_dir``) where
-    it is still RUNNING once Ray gave up. Rank 0 ends its run FAILED itself as it cleans up, unless Ray
+def end_unfinished_runs(cfg: RootConfig, status: str = "FAILED") -> None:
+    """Mark ``status`` (FAILED, or KILLED after an interrupt) the MLflow run of this training run (``cfg``
+    resolved: its tag ``checkpoint_dir``) where it is still RUNNING once Ray gave up. Rank 0 ends its run FAILED itself as it cleans up, unless Ray
     stopped it first: another rank's failure reached Ray while rank 0 was still flushing (seen in a test
     run), or its process or node was lost. A tracking store that cannot be reached is said, not raised."""
     if not cfg.tracking.enabled:
@@ -205,10 +217,11 @@ def end_unfinished_runs(cfg: RootConfig) -> None:
             return
         for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
             if run.data.tags.get("checkpoint_dir") == folder:
-                client.set_terminated(run.info.run_id, "FAILED")
-                log.info("tracking: marked run %s FAILED (its rank 0 was stopped before it could)", run.info.run_id)
+                client.set_terminated(run.info.run_id, status)
+                log.info("tracking: marked run %s %s (its rank 0 was stopped before it could)", run.info.run_id,
+                         status)
     except Exception as err:  # noqa: BLE001 - the run's failure is what the caller reports
-        log.warning("tracking: could not mark the failed run FAILED at %s: %s", redact("uri", cfg.tracking.uri),
+        log.warning("tracking: could not mark the run %s at %s: %s", status, redact("uri", cfg.tracking.uri),
                     brief(err))
 
 

@@ -158,3 +158,38 @@ def test_a_failed_run_left_running_is_marked_failed(tmp_path: Path, monkeypatch:
     end_unfinished_runs(cfg)
     status = {run: client.get_run(run.info.run_id).info.status for run in (ours, other, finished)}
     assert list(status.values()) == ["FAILED", "RUNNING", "FINISHED"], status
+
+
+def test_an_interrupted_run_ends_killed_and_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Ray Train's SIGINT handler aborts the run, then exits the driver (SystemExit) or leaves its wait on
+    the aborted controller failing: either way the run is KILLED in MLflow and the CLI exits 130. (The
+    signal itself, through a real run: docs/architecture.md.)"""
+    from mlflow.tracking import MlflowClient
+    from ray.exceptions import RayActorError
+
+    import cluster.launch
+    from cluster.cli import main
+    from trainer.tracking import prepare_store
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(load(REPO / "configs" / "demo.yaml"), embedded=True)
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    for how in (SystemExit(0), RayActorError()):
+        run = client.create_run(prepare_store(cfg.tracking),
+                                tags={"checkpoint_dir": str(Path(cfg.checkpoint.dir).resolve())})
+
+        class Aborted:
+            def fit(self):
+                raise how
+
+        monkeypatch.setattr(cluster.launch, "torch_trainer", lambda *args, **kwargs: Aborted())
+        with pytest.raises(cluster.launch.TrainingInterrupted, match=r"^training run 'demo' interrupted: the same "
+                                                                      r"command again resumes it"):
+            cluster.launch.fit(cfg)
+        assert client.get_run(run.info.run_id).info.status == "KILLED"
+    monkeypatch.setattr(cluster.launch, "train", lambda cfg: (_ for _ in ()).throw(
+        cluster.launch.TrainingInterrupted("training run 'demo' interrupted: ...")))
+    capsys.readouterr()
+    assert main(["train", "--config", str(REPO / "configs" / "demo.yaml")]) == 130
+    assert capsys.readouterr().err == "vid2vid: training run 'demo' interrupted: ...\n"  # no traceback
