@@ -20,9 +20,10 @@ def inspect_batch(cfg: DataConfig, split: str = "train", height: int | None = No
         batch = next(iter(loader), None)
     finally:
         loader.close()
-    if batch is None:  # every sample skipped as bad (the warnings above name them)
-        raise BadDataError(f"{cfg.shards} [{split}]: no batch: {loader.stats.skipped} of {loader.stats.read} "
-                           "samples read were bad")
+    if batch is None:  # too few clips for a batch, or every one skipped as bad (the warnings above name them)
+        stats = loader.stats
+        raise BadDataError(f"{cfg.shards} [{split}]: no batch: {stats.read} clip(s) read, {stats.skipped} bad, "
+                           f"against batches of data.loader.batch_size={cfg.loader.batch_size}")
     lines = [f"{cfg.shards} [{split}]: {len(rows)} clips in {len({r.shard for r in rows})} shards, "
              f"{manifest.num_classes} classes",
              f"batch of {len(batch.keys)}: {', '.join(batch.keys)}"]

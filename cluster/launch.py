@@ -26,6 +26,7 @@ from cluster.ray_env import connected, target
 from cluster.run_log import ProgressTail, log_dir, ray_to_file, worker_log
 from cluster.worker import train_loop
 from dataio.errors import UnusableLocationError, UserInputError
+from dataio.labels import LabelSpec
 from dataio.reader import planned
 from dataio.storage import check_location
 from trainer import validation
@@ -134,11 +135,14 @@ def check_ready(cfg: RootConfig, embedded: bool = True) -> None:
         shortage = space_shortage(cfg.checkpoint.dir)
         if shortage:
             raise NotReadyError(f"checkpoint.dir: {shortage}")
-        resumed = latest_checkpoint(cfg.checkpoint.dir)
-        if resumed is not None:  # the same run name again, with other networks?
-            check_resumable(resumed, to_dict(cfg))
     # Clips as long as the schedule's longest, the classes, a full batch per worker.
-    shards, _ = planned(cfg.data, "train", cfg.train.schedule.max_frames, cfg.cluster.num_workers)
+    shards, layout = planned(cfg.data, "train", cfg.train.schedule.max_frames, cfg.cluster.num_workers,
+                             full_batches=True)
+    local = embedded and "://" not in cfg.checkpoint.dir
+    resumed = latest_checkpoint(cfg.checkpoint.dir) if local and cfg.checkpoint.resume else None
+    if resumed is not None:  # the same run name again, with other networks?
+        check_resumable(resumed, to_dict(cfg), LabelSpec(cfg.data.num_classes, layout.label_kind,
+                                                         has_edges=layout.has_edges).channels)
     if validation.enabled(cfg):
         validation.check_held_out(cfg)
     if len(shards) < cfg.cluster.num_workers:
@@ -176,21 +180,27 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
         progress: bool = False) -> LaunchResult:
     """Run ``cfg`` (resolved) on the Ray that is already initialised; raise ``TrainingFailed``.
     ``progress``: print rank 0's progress lines as they come (an embedded run: its log is here)."""
+    sigint = _RaySigintSeen()
     try:
-        if progress:
-            with ProgressTail(worker_log(cfg.checkpoint.dir, 0)):
+        with sigint:
+            if progress:
+                with ProgressTail(worker_log(cfg.checkpoint.dir, 0)):
+                    result = torch_trainer(cfg, loop_config, callbacks).fit()
+            else:
                 result = torch_trainer(cfg, loop_config, callbacks).fit()
-        else:
-            result = torch_trainer(cfg, loop_config, callbacks).fit()
     except TrainingFailedError as err:
         end_unfinished_runs(cfg)
         raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: {_first_line(err)} "
                              f"(logs: {log_dir(cfg.checkpoint.dir)})") from err
-    except (KeyboardInterrupt, SystemExit, RayActorError):
+    except (KeyboardInterrupt, SystemExit, RayActorError) as err:
         # Ray Train's SIGINT handler aborts the run's controller, then exits the driver with SystemExit
         # (or the driver's wait for the aborted controller fails): the workers are gone, rank 0's MLflow
-        # run with them, still RUNNING.
-        end_unfinished_runs(cfg, "KILLED")
+        # run with them, still RUNNING. A controller lost without a SIGINT is a failure.
+        interrupted = sigint.seen or not isinstance(err, RayActorError)
+        end_unfinished_runs(cfg, "KILLED" if interrupted else "FAILED")
+        if not interrupted:
+            raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: its Ray Train controller was lost: "
+                                 f"{brief(err)} (logs: {log_dir(cfg.checkpoint.dir)})") from err
         raise TrainingInterrupted(f"training run '{cfg.cluster.name}' interrupted: the same command again resumes "
                                   f"it from its last checkpoint (logs: {log_dir(cfg.checkpoint.dir)})") from None
     metrics = dict(result.metrics or {})
@@ -198,6 +208,31 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
     return LaunchResult(run_id=str(metrics.get("run_id", "")), metrics=metrics,
                         checkpoint=result.checkpoint.path if result.checkpoint else None,
                         export=export if export.is_file() else None, checkpoint_dir=Path(cfg.checkpoint.dir))
+
+
+class _RaySigintSeen(logging.Handler):
+    """Whether Ray Train's SIGINT handler ran during a ``fit`` (``with`` it): it logs this line before it
+    aborts the run, and that is all of it the driver can see (the handler replaces any of ours)."""
+    _LOGGER = "ray.train.v2.api.data_parallel_trainer"
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = self.seen or record.getMessage().startswith("Received SIGINT")
+
+    def __enter__(self) -> "_RaySigintSeen":
+        logger = logging.getLogger(self._LOGGER)
+        self._level = logger.level
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger(self._LOGGER)
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
 
 
 def end_unfinished_runs(cfg: RootConfig, status: str = "FAILED") -> None:

@@ -257,8 +257,8 @@ def sweep(cfg: RootConfig, say: Callable[[str], None] = log.info) -> SweepResult
     resolved = resolve(cfg, embedded)
     base = to_dict(resolved)
     check_search(base, spec.search)
+    check_metric(resolved)  # before check_ready's own held-out check: this one says how to get the split
     check_ready(resolved, embedded)
-    check_metric(resolved)
     # Held-out scores at one fixed size compare across stages: a trial's best report counts wherever
     # it came; at each stage's own size (or for a loss) only last reports of equally long trials do.
     any_report = spec.metric in EVAL_METRICS and bool(cfg.eval.height)

@@ -93,7 +93,8 @@ def build_loader(cfg: DataConfig, height: int, width: int, frames: int, *, split
     trainer passes its epoch so a resumed run sees what it would have seen); each later ``iter()``
     takes the next. Reads the manifest (without one, the first sample) to learn the label layout.
     """
-    shards, layout = reader.planned(cfg, split, frames, world_size)
+    augment = split == "train" if augment is None else augment
+    shards, layout = reader.planned(cfg, split, frames, world_size, full_batches=augment)
     loader_cfg = cfg.loader
     device_id = None
     if loader_cfg.device == "mixed":

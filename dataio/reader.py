@@ -111,11 +111,13 @@ def layout(url: str, split: str, shards: list[str], manifest: Manifest | None = 
     return Layout(meta.label_kind, meta.has_edges, meta.num_classes, meta.height, meta.width, meta.frames, None)
 
 
-def planned(cfg: DataConfig, split: str, frames: int, world_size: int = 1) -> tuple[list[str], Layout]:
+def planned(cfg: DataConfig, split: str, frames: int, world_size: int = 1, full_batches: bool = False
+            ) -> tuple[list[str], Layout]:
     """The shards of ``split`` and their layout, refused (``ShardsMismatchError``) where they cannot give
-    clips of ``frames`` frames, the configured classes, or a full training batch to each of
-    ``world_size`` ranks. Reads the manifest (without one, the split's first sample): the launcher asks
-    this before any worker starts."""
+    clips of ``frames`` frames, the configured classes, or (``full_batches``: training drops a short
+    last batch) a full batch to each of ``world_size`` ranks in every epoch. Reads the manifest
+    (without one, the split's first sample, and no batch is checked): the launcher asks this before any
+    worker starts."""
     where = describe(cfg.shards)
     if not 1 <= frames <= cfg.clip_frames:
         raise ShardsMismatchError(f"{frames} frames per clip asked, outside [1, data.clip_frames={cfg.clip_frames}]")
@@ -133,7 +135,7 @@ def planned(cfg: DataConfig, split: str, frames: int, world_size: int = 1) -> tu
     # A rank reads whole shards, every world_size-th of a shuffled list: the fewest clips it can get are
     # those of the smallest shards, as many as the rank with the fewest shards takes.
     batch, taken = cfg.loader.batch_size, len(shards) // world_size
-    if split == "train" and shape.shard_clips is not None and taken:
+    if full_batches and shape.shard_clips is not None and taken:
         fewest = sum(shape.shard_clips[:taken])
         if fewest < batch:
             raise ShardsMismatchError(

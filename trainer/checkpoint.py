@@ -71,8 +71,7 @@ class OtherNetworksError(UserInputError, ValueError):
 
 
 NETWORK_SECTIONS = ("model.generator", "model.discriminator")
-"""What a resumed run must share with its checkpoint (shapes of the saved weights); losses, learning
-rates and schedule may change."""
+"""Where the settings that shape the saved weights live (named when a resume is refused)."""
 
 
 @dataclass
@@ -351,19 +350,41 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / TRAINER_FILE, map_location="cpu", weights_only=True)
 
 
-def check_resumable(folder: str | Path, config: dict[str, Any]) -> None:
-    """Refuse to resume ``folder`` under ``config`` (a config tree as a dict) when a setting of the
-    networks differs: the weights would not load, after the workers started (and, under Ray, restarted).
-    Settings the checkpoint's config lacks (added since) are not compared."""
+def check_resumable(folder: str | Path, config: dict[str, Any], label_channels: int) -> None:
+    """Refuse to resume ``folder`` under ``config`` (a config tree as a dict) when the networks it
+    describes for ``label_channels`` label channels hold other weight shapes than the checkpoint's
+    config gives: the weights would not load, and only after the workers started (under Ray, restarted).
+    Settings that shape no weight (``flow_multiplier``, a channel cap never reached) may change. Built on
+    the meta device: no memory, no arithmetic. A checkpoint config this code cannot read is not checked."""
+    from trainer.config_tree import ConfigError
+
     saved = load_trainer_state(folder).get("config", {})
-    for section in NETWORK_SECTIONS:
-        old, new = _section(saved, section), _section(config, section)
-        for key in sorted(old.keys() & new.keys()):
-            if old[key] != new[key]:
-                raise OtherNetworksError(
-                    f"{folder} was trained with {section}.{key}={old[key]!r}, the config says {new[key]!r}: "
-                    "resume it with the same networks, or start another run (another cluster.name, or "
-                    "checkpoint.dir under plain torchrun)")
+    try:
+        before = _weight_shapes(saved.get("model", {}), label_channels)
+    except ConfigError:
+        return
+    if before == _weight_shapes(config.get("model", {}), label_channels):
+        return
+    changed = [f"{section}.{key}={old[key]!r} there, {new[key]!r} here"
+               for section in NETWORK_SECTIONS
+               for old, new in [(_section(saved, section), _section(config, section))]
+               for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
+    raise OtherNetworksError(f"{folder} holds networks of other shapes than the config describes "
+                             f"({'; '.join(changed) or 'the label input'}): resume it with the same networks, "
+                             "or start another run (another cluster.name, or checkpoint.dir under plain torchrun)")
+
+
+def _weight_shapes(model: dict[str, Any], label_channels: int) -> dict[str, tuple[int, ...]]:
+    from models.build import build_discriminators, build_generator
+    from models.config import ModelConfig
+    from trainer.config_tree import from_dict
+
+    cfg = from_dict(ModelConfig, model, "<a checkpoint's model config>")
+    with torch.device("meta"):
+        networks = {"generator": build_generator(cfg, label_channels),
+                    **dict(zip(("image", "temporal"), build_discriminators(cfg, label_channels)))}
+    return {f"{name}.{key}": tuple(value.shape) for name, net in networks.items()
+            for key, value in net.state_dict().items()}
 
 
 def _section(tree: dict[str, Any], dotted: str) -> dict[str, Any]:

@@ -55,8 +55,8 @@ def apply_override(raw: dict, item: str) -> str:
         raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from err
     if _has_key_without_value(value):
         # YAML reads {255:1} as one key, 255:1 (a base-60 number, 15301), with no value.
-        raise ConfigError(f"override '{item}': a mapping key without a value; write a space after each ':' "
-                          "(as in {255: 1})")
+        raise ConfigError(f"override '{item}': a mapping key without a value (YAML reads {{255:1}} as one key: "
+                          "write a space after each ':', as in {255: 1})")
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

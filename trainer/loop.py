@@ -143,7 +143,7 @@ class _Run:
         shortage = dist.broadcast(checkpoint.space_shortage(self.cfg.checkpoint.dir) if dist.is_main() else "")
         if shortage:
             raise checkpoint.CheckpointSpaceError(shortage)
-        checkpoint.check_resumable(folder, self.checkpointer.config)
+        checkpoint.check_resumable(folder, self.checkpointer.config, self.loader.label_channels)
         saved = checkpoint.load_trainer_state(folder)
         self.progress = Progress(**saved["progress"])
         # The engines exactly as they were saved (the stage and param groups of that moment); the epoch

@@ -79,7 +79,8 @@ def test_label_map_checked_against_num_classes() -> None:
         load(None, ["data.pack.label_map={255: 1}", "data.pack.label_kind=rgb"])
     # Typed without the space, YAML reads one key, 255:1 (base 60: 15301), with no value.
     with pytest.raises(ConfigError, match=r"^override 'data.pack.label_map=\{255:1\}': a mapping key without a "
-                                          r"value; write a space after each ':' \(as in \{255: 1\}\)$"):
+                                          r"value \(YAML reads \{255:1\} as one key: write a space after each ':', "
+                                          r"as in \{255: 1\}\)$"):
         load(None, ["data.pack.label_map={255:1}"])
 
 

@@ -35,6 +35,11 @@ def test_shards_that_fit_are_listed_with_one_label_layout_for_every_split(tmp_pa
     # get the edge channel (zero), or scoring during training would not fit the generator.
     _, val = planned(cfg, "val", 4)
     assert val.has_edges and train.has_edges
+    # Scoring the training clips keeps a short last batch: 4 clips against batches of 8 are not refused.
+    eight = DataConfig(shards=cfg.shards, num_classes=8, clip_frames=8, loader=LoaderConfig(batch_size=8))
+    planned(eight, "train", 4)
+    with pytest.raises(ShardsMismatchError, match="a rank may get 4 train clip"):
+        planned(eight, "train", 4, full_batches=True)
 
 
 @pytest.mark.parametrize("change, asked, message", [
@@ -50,5 +55,5 @@ def test_what_the_shards_cannot_give_is_refused_in_one_line(tmp_path: Path, chan
     cfg = DataConfig(shards=shards_of(tmp_path / "s", **change), num_classes=8, clip_frames=8,
                      loader=LoaderConfig(batch_size=3))
     with pytest.raises(ShardsMismatchError, match=message) as refused:
-        planned(cfg, "train", asked, world_size=2)
+        planned(cfg, "train", asked, world_size=2, full_batches=True)
     assert isinstance(refused.value, UserInputError) and "\n" not in str(refused.value)

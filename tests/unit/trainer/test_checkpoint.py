@@ -38,13 +38,15 @@ def test_resuming_with_other_networks_is_refused_by_name(tmp_path: Path) -> None
     config = to_dict(Config())
     folder = checkpoint.save(tmp_path, 10, {"config": config}, write_engines, keep=1)
     changed = to_dict(Config())
-    changed["train"]["generator"]["lr"] = 1e-4  # not the networks: resumes
-    del changed["model"]["generator"]["first_frame"]  # a setting the checkpoint's config has and this lacks
-    checkpoint.check_resumable(folder, changed)
+    changed["train"]["generator"]["lr"] = 1e-4  # not the networks
+    changed["model"]["generator"]["flow_multiplier"] *= 2  # a network setting that shapes no weight
+    del changed["model"]["generator"]["first_frame"]  # a setting this config lacks: its default
+    checkpoint.check_resumable(folder, changed, label_channels=9)
     changed["model"]["generator"]["ngf"] = 32
-    with pytest.raises(checkpoint.OtherNetworksError, match=r"step-000000010 was trained with "
-                                                           r"model.generator.ngf=16, the config says 32: resume"):
-        checkpoint.check_resumable(folder, changed)
+    with pytest.raises(checkpoint.OtherNetworksError, match=r"step-000000010 holds networks of other shapes than "
+                                                           r"the config describes \(model.generator.flow_multiplier="
+                                                           r".*; model.generator.ngf=16 there, 32 here\): resume"):
+        checkpoint.check_resumable(folder, changed, label_channels=9)
 
 
 def scored(step: int, psnr: float, at: int | None = None) -> dict:
