@@ -195,12 +195,11 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
     except (KeyboardInterrupt, SystemExit, RayActorError) as err:
         # Ray Train's SIGINT handler aborts the run's controller, then exits the driver with SystemExit
         # (or the driver's wait for the aborted controller fails): the workers are gone, rank 0's MLflow
-        # run with them, still RUNNING. A controller lost without a SIGINT is a failure.
-        interrupted = sigint.seen or not isinstance(err, RayActorError)
-        end_unfinished_runs(cfg, "KILLED" if interrupted else "FAILED")
-        if not interrupted:
-            raise TrainingFailed(f"training run '{cfg.cluster.name}' failed: its Ray Train controller was lost: "
-                                 f"{brief(err)} (logs: {log_dir(cfg.checkpoint.dir)})") from err
+        # run with them, still RUNNING. Without that signal these are someone else's to handle as they
+        # are (Tune stopping a sweep's trial ends its fit so).
+        if not (sigint.seen or isinstance(err, KeyboardInterrupt)):
+            raise
+        end_unfinished_runs(cfg, "KILLED")
         raise TrainingInterrupted(f"training run '{cfg.cluster.name}' interrupted: the same command again resumes "
                                   f"it from its last checkpoint (logs: {log_dir(cfg.checkpoint.dir)})") from None
     metrics = dict(result.metrics or {})

@@ -168,8 +168,8 @@ def test_an_interrupted_run_ends_killed_and_says_how_to_resume(tmp_path: Path, m
                                                                capsys: pytest.CaptureFixture) -> None:
     """Ray Train's SIGINT handler logs that it got the signal, aborts the run, then exits the driver
     (SystemExit) or leaves its wait on the aborted controller failing: either way the run is KILLED in
-    MLflow and the CLI exits 130. A controller lost without the signal is a failure. (The signal itself,
-    through a real run: docs/architecture.md.)"""
+    MLflow and the CLI exits 130. Without the signal (Tune stopping a sweep's trial) they pass through
+    untouched. (The signal itself, through a real run: docs/architecture.md.)"""
     import logging
 
     from mlflow.tracking import MlflowClient
@@ -184,7 +184,8 @@ def test_an_interrupted_run_ends_killed_and_says_how_to_resume(tmp_path: Path, m
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     for how, signalled, ends, status in ((SystemExit(0), True, cluster.launch.TrainingInterrupted, "KILLED"),
                                          (RayActorError(), True, cluster.launch.TrainingInterrupted, "KILLED"),
-                                         (RayActorError(), False, cluster.launch.TrainingFailed, "FAILED")):
+                                         (RayActorError(), False, RayActorError, "RUNNING"),
+                                         (SystemExit(0), False, SystemExit, "RUNNING")):
         run = client.create_run(prepare_store(cfg.tracking),
                                 tags={"checkpoint_dir": str(Path(cfg.checkpoint.dir).resolve())})
 
@@ -196,9 +197,10 @@ def test_an_interrupted_run_ends_killed_and_says_how_to_resume(tmp_path: Path, m
                 raise how
 
         monkeypatch.setattr(cluster.launch, "torch_trainer", lambda *args, **kwargs: Aborted())
-        with pytest.raises(ends, match=r"^training run 'demo' (interrupted: the same command again resumes it|"
-                                       r"failed: its Ray Train controller was lost)"):
+        with pytest.raises(ends) as ended:
             cluster.launch.fit(cfg)
+        if signalled:
+            assert str(ended.value).startswith("training run 'demo' interrupted: the same command again resumes it")
         assert client.get_run(run.info.run_id).info.status == status
     monkeypatch.setattr(cluster.launch, "train", lambda cfg: (_ for _ in ()).throw(
         cluster.launch.TrainingInterrupted("training run 'demo' interrupted: ...")))
