@@ -195,8 +195,8 @@ def fit(cfg: RootConfig, loop_config: dict[str, Any] | None = None, callbacks: S
     except (KeyboardInterrupt, SystemExit, RayActorError) as err:
         # Ray Train's SIGINT handler aborts the run's controller, then exits the driver with SystemExit
         # (or the driver's wait for the aborted controller fails): the workers are gone, rank 0's MLflow
-        # run with them, still RUNNING. Without that signal these are someone else's to handle as they
-        # are (Tune stopping a sweep's trial ends its fit so).
+        # run with them, still RUNNING. Without that signal they are no interrupt: they pass through as
+        # they are (a sweep's trials run fit in threads where Ray installs no handler).
         if not (sigint.seen or isinstance(err, KeyboardInterrupt)):
             raise
         end_unfinished_runs(cfg, "KILLED")
