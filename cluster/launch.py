@@ -236,9 +236,10 @@ class _RaySigintSeen(logging.Handler):
 
 def end_unfinished_runs(cfg: RootConfig, status: str = "FAILED") -> None:
     """Mark ``status`` (FAILED, or KILLED after an interrupt) the MLflow run of this training run (``cfg``
-    resolved: its tag ``checkpoint_dir``) where it is still RUNNING once Ray gave up. Rank 0 ends its run FAILED itself as it cleans up, unless Ray
-    stopped it first: another rank's failure reached Ray while rank 0 was still flushing (seen in a test
-    run), or its process or node was lost. A tracking store that cannot be reached is said, not raised."""
+    resolved: its tag ``checkpoint_dir``) where it is still RUNNING once Ray gave up. Rank 0 ends its run
+    FAILED itself as it cleans up, unless Ray stopped it first: another rank's failure reached Ray while
+    rank 0 was still flushing (seen in a test run), or its process or node was lost. A tracking store that
+    cannot be reached is said, not raised."""
     if not cfg.tracking.enabled:
         return
     from mlflow.tracking import MlflowClient
